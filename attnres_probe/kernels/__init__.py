@@ -1,0 +1,1 @@
+"""Fused kernels and their pure-torch references (``reference``)."""

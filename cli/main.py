@@ -25,9 +25,9 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(
     version: Annotated[
-        bool | None,
+        bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
-    ] = None,
+    ] = False,
 ) -> None:
     """attnres-probe: record and show how signal and gradient move through depth."""
 

@@ -36,13 +36,18 @@ class DepthStats:
     partial_rms_sum: torch.Tensor | None = None
 
 
+def _acc(x: torch.Tensor) -> torch.Tensor:
+    """x in its accumulation precision: float32, or float64 when given float64."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def _accumulate_grad_sq(x: torch.Tensor, slot: torch.Tensor) -> None:
     if x.requires_grad:
         x.register_hook(lambda g: slot.add_(g.detach().float().pow(2).sum()) and None)
 
 
 def _rms_normalise(x: torch.Tensor, eps: float) -> torch.Tensor:
-    xf = x.float()
+    xf = _acc(x)
     return xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
 
 
@@ -54,7 +59,7 @@ def rms_norm(
         with torch.no_grad():
             stats.sq.add_(x.detach().float().pow(2).sum())
         _accumulate_grad_sq(x, stats.grad_sq)
-    return (_rms_normalise(x, eps) * weight.float()).to(x.dtype)
+    return (_rms_normalise(x, eps) * _acc(weight)).to(x.dtype)
 
 
 def add_rms_norm(
@@ -73,9 +78,9 @@ def _depth_softmax(
     sources: torch.Tensor, query: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """sources [N, *, D], query [D] -> (logits [N, *] float32, rms [N, *] float32)."""
-    sf = sources.float()
+    sf = _acc(sources)
     rms = torch.sqrt(sf.pow(2).mean(-1) + eps)
-    logits = (sf * query.float()).sum(-1) / rms
+    logits = (sf * _acc(query)).sum(-1) / rms
     return logits, rms
 
 
@@ -105,7 +110,7 @@ def attnres(
     """Full AttnRes. sources [N, *, D], query [D] -> (out [*, D], weights [N, *] float32)."""
     logits, rms = _depth_softmax(sources, query, eps)
     weights = torch.softmax(logits, dim=0)
-    out = (weights.unsqueeze(-1) * sources.float()).sum(0)
+    out = (weights.unsqueeze(-1) * _acc(sources)).sum(0)
     if stats is not None:
         _add_depth_stats(stats, weights, rms)
     return out.to(sources.dtype), weights
@@ -118,10 +123,10 @@ def block_attnres_phase1(
 
     Every query's softmax over the n completed blocks, kept normalised, with its log-sum-exp.
     """
-    bf = blocks.float()
+    bf = _acc(blocks)
     rms = torch.sqrt(bf.pow(2).mean(-1) + eps)  # [n, *]
     keys = bf / rms.unsqueeze(-1)
-    logits = torch.einsum("n...d,sd->sn...", keys, queries.float())  # [S, n, *]
+    logits = torch.einsum("n...d,sd->sn...", keys, _acc(queries))  # [S, n, *]
     lse = torch.logsumexp(logits, dim=1)  # [S, *]
     weights = torch.exp(logits - lse.unsqueeze(1))
     out = torch.einsum("sn...,n...d->s...d", weights, bf)
@@ -141,18 +146,18 @@ def block_attnres_phase2(
 
     Weight row n is the partial sum's (zero when ``partial`` is None).
     """
-    lse1 = phase1_lse.float()
+    lse1 = _acc(phase1_lse)
     if partial is None:
         out, lse = phase1_out, lse1
         partial_weight = torch.zeros_like(lse1)
     else:
-        pf = partial.float()
+        pf = _acc(partial)
         p_rms = torch.sqrt(pf.pow(2).mean(-1) + eps)
-        p_logit = (pf * query.float()).sum(-1) / p_rms
+        p_logit = (pf * _acc(query)).sum(-1) / p_rms
         lse = torch.logaddexp(lse1, p_logit)
         keep = torch.exp(lse1 - lse)
         partial_weight = torch.exp(p_logit - lse)
-        out = (keep.unsqueeze(-1) * phase1_out.float() + partial_weight.unsqueeze(-1) * pf).to(
+        out = (keep.unsqueeze(-1) * _acc(phase1_out) + partial_weight.unsqueeze(-1) * pf).to(
             phase1_out.dtype
         )
     # The per-block weights are a by-product of the logits phase 1 already formed.

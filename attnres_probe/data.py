@@ -70,7 +70,7 @@ def load_corpus(path: str | Path | None = None, max_bytes: int = DEFAULT_MAX_BYT
         total += len(raw)
         if total >= max_bytes:
             break
-    data = np.frombuffer(b"\n".join(chunks)[:max_bytes], dtype=np.uint8)
+    data = np.frombuffer(b"\n".join(chunks)[:max_bytes], dtype=np.uint8).copy()
     if data.size < 2:
         raise DataError(f"the corpus at {where} is empty; give a path holding text")
     return data

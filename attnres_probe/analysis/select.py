@@ -1,0 +1,78 @@
+"""Selecting from a run: required variables, one recorded step, or a window of late steps.
+
+Every analysis takes either one step (``step=S``: the recorded step nearest to S) or, by
+default, the mean over the last ``fraction`` of recorded steps — a single recorded step is
+one batch and noisy; the tail mean is the run's settled state.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import xarray as xr
+
+DEFAULT_FRACTION = 0.1
+
+
+class AnalysisError(ValueError):
+    """A run lacks what an analysis needs; the message names the variable and the fix."""
+
+
+def require(ds: xr.Dataset, *names: str) -> None:
+    """Raise AnalysisError unless ``ds`` holds every variable in ``names``."""
+    missing = [n for n in names if n not in ds.data_vars]
+    if missing:
+        kind = ds.attrs.get("residual", "?")
+        hint = (
+            "baseline runs have no depth weights; pick a full or block run"
+            if kind == "baseline" and any(n.startswith("depth_") for n in missing)
+            else "record the run with the probe (attnres_probe.hooks.probe) to get it"
+        )
+        raise AnalysisError(
+            f"run {run_name(ds)!r} has no variable {', '.join(map(repr, missing))}; {hint}"
+        )
+    if "step" in ds.dims and ds.sizes["step"] == 0:
+        raise AnalysisError(f"run {run_name(ds)!r} has no recorded steps yet")
+
+
+def run_name(ds: xr.Dataset) -> str:
+    """The run's name from its attrs (``run_name``), or 'run' when it has none."""
+    return str(ds.attrs.get("run_name") or "run")
+
+
+def tail(obj: xr.DataArray | xr.Dataset, fraction: float = DEFAULT_FRACTION):
+    """The last ``fraction`` of recorded steps (at least one)."""
+    if not 0 < fraction <= 1:
+        raise AnalysisError(f"fraction={fraction} must be in (0, 1]; 0.1 means the last 10 %")
+    n = obj.sizes["step"]
+    keep = max(1, math.ceil(n * fraction))
+    return obj.isel(step=slice(n - keep, n))
+
+
+def snapshot(
+    da: xr.DataArray, step: int | None = None, fraction: float = DEFAULT_FRACTION
+) -> xr.DataArray:
+    """``da`` without its step dim: at the recorded step nearest ``step``, or the tail mean.
+
+    The tail mean skips NaN (steps where the variable was not recorded), so a source that does
+    not exist stays NaN. The result's attrs say which steps it covers (``steps``).
+    """
+    if "step" not in da.dims:
+        return da
+    if da.sizes["step"] == 0:
+        raise AnalysisError(f"{da.name!r} has no recorded steps yet")
+    if step is not None:
+        out = da.sel(step=step, method="nearest")
+        label = f"step {int(out['step'])}"
+        out = out.drop_vars("step")
+    else:
+        window = tail(da, fraction)
+        with warnings.catch_warnings():  # all-NaN columns (absent sources) stay NaN quietly
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out = window.mean("step", skipna=True)
+        first, last = int(window["step"][0]), int(window["step"][-1])
+        n = window.sizes["step"]
+        label = f"step {last}" if n == 1 else f"mean of steps {first}–{last} ({n} recorded)"
+    out.attrs = {**da.attrs, "steps": label}
+    return out

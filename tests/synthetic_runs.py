@@ -1,0 +1,83 @@
+"""Tiny recordings in the run schema, built by hand so analyses can be checked by arithmetic."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import xarray as xr
+
+from attnres_probe.models.config import ModelConfig
+
+
+def schema_dataset(cfg: ModelConfig, steps, variables: dict, name: str = "run") -> xr.Dataset:
+    """A Dataset shaped like ``open_run``'s: ``variables`` maps name -> (dims, values)."""
+    n_sub = cfg.n_sublayers
+    coords = {
+        "step": np.asarray(steps, dtype=np.int64),
+        "sublayer": np.arange(n_sub),
+        "kind": ("sublayer", np.array(["attn", "mlp"] * cfg.n_layers, dtype=object)),
+        "layer_of": ("sublayer", np.arange(n_sub) // 2),
+        "layer": np.arange(cfg.n_layers),
+    }
+    if cfg.source_names:
+        coords["source"] = np.array(cfg.source_names, dtype=object)
+    attrs = {
+        "model_config": json.dumps(cfg.to_dict()),
+        "residual": cfg.residual,
+        "n_layers": cfg.n_layers,
+        "schema_version": 1,
+        "run_name": name,
+        "status": "finished",
+    }
+    data = {k: (dims, np.asarray(v, dtype=np.float32)) for k, (dims, v) in variables.items()}
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def baseline_run(n_layers: int = 2, n_steps: int = 10, name: str = "base") -> xr.Dataset:
+    """hidden_rms[i, l] = (i + 1)(l + 1), update_rms = 1, grad_norm = l + 1 (times i + 1),
+    cos_in_out[l] = 0.9 − 0.1 l, param_grad_norm = 1, loss = 5 − 0.1 i."""
+    cfg = ModelConfig(residual="baseline", n_layers=n_layers, d_model=16, n_heads=2)
+    steps = np.arange(n_steps) * 10
+    i = np.arange(n_steps)[:, None] + 1.0
+    depth = np.arange(cfg.n_sublayers)[None, :] + 1.0
+    variables = {
+        "loss": (("step",), 5.0 - 0.1 * np.arange(n_steps)),
+        "hidden_rms": (("step", "sublayer"), i * depth),
+        "update_rms": (("step", "sublayer"), np.ones((n_steps, cfg.n_sublayers))),
+        "grad_norm": (("step", "sublayer"), i * depth),
+        "param_grad_norm": (("step", "layer"), np.ones((n_steps, n_layers))),
+        "cos_in_out": (
+            ("step", "layer"),
+            np.broadcast_to(0.9 - 0.1 * np.arange(n_layers), (n_steps, n_layers)),
+        ),
+        "nonfinite": (("step",), np.zeros(n_steps)),
+    }
+    return schema_dataset(cfg, steps, variables, name)
+
+
+# Full AttnRes with one layer: sources emb, L0.attn, L0.mlp.
+FULL_WEIGHTS = np.array([[1.0, np.nan, np.nan], [0.25, 0.75, np.nan]])
+FULL_WEIGHTS_OUT = np.array([0.5, 0.25, 0.25])
+FULL_TOKEN_ENTROPY = np.array([0.0, 0.5])
+
+
+def full_run(n_steps: int = 4, name: str = "full") -> xr.Dataset:
+    """Full AttnRes, 1 layer: constant depth weights FULL_WEIGHTS, token entropies
+    FULL_TOKEN_ENTROPY, flat hidden_rms = 1, grad_norm = [1, 2]."""
+    cfg = ModelConfig(residual="full", n_layers=1, d_model=16, n_heads=2)
+    steps = np.arange(n_steps)
+    variables = {
+        "loss": (("step",), np.linspace(5, 4, n_steps)),
+        "hidden_rms": (("step", "sublayer"), np.ones((n_steps, 2))),
+        "update_rms": (("step", "sublayer"), np.full((n_steps, 2), 0.5)),
+        "grad_norm": (("step", "sublayer"), np.tile([1.0, 2.0], (n_steps, 1))),
+        "param_grad_norm": (("step", "layer"), np.ones((n_steps, 1))),
+        "cos_in_out": (("step", "layer"), np.full((n_steps, 1), 0.5)),
+        "depth_weights": (("step", "sublayer", "source"), np.tile(FULL_WEIGHTS, (n_steps, 1, 1))),
+        "depth_entropy": (("step", "sublayer"), np.tile(FULL_TOKEN_ENTROPY, (n_steps, 1))),
+        "depth_weights_out": (("step", "source"), np.tile(FULL_WEIGHTS_OUT, (n_steps, 1))),
+        "depth_entropy_out": (("step",), np.full(n_steps, 1.0)),
+        "nonfinite": (("step",), np.zeros(n_steps)),
+    }
+    return schema_dataset(cfg, steps, variables, name)

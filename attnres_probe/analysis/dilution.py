@@ -56,8 +56,9 @@ def _edge_ratio(y: np.ndarray) -> np.ndarray:
     return out
 
 
-def _fit(profile: xr.DataArray) -> xr.Dataset:
-    """Growth fit of ``profile`` [..., sublayer] against depth = sublayer + 1."""
+def fit_growth(profile: xr.DataArray) -> xr.Dataset:
+    """Growth fit of ``profile`` [..., sublayer] against depth = sublayer + 1: ``exponent``
+    (log-log slope), ``linear_slope`` and ``last_first_ratio``, each over the other dims."""
     other = [d for d in profile.dims if d != "sublayer"]
     p = profile.transpose(*other, "sublayer")
     y = np.asarray(p.values, dtype=float).reshape(-1, p.sizes["sublayer"])
@@ -93,7 +94,7 @@ def _fit(profile: xr.DataArray) -> xr.Dataset:
 def growth_over_training(ds: xr.Dataset) -> xr.Dataset:
     """The stream-RMS growth fit at every recorded step: ``exponent``, ``linear_slope``,
     ``last_first_ratio``, each [step]."""
-    return _fit(stream_rms(ds))
+    return fit_growth(stream_rms(ds))
 
 
 def growth(
@@ -103,7 +104,7 @@ def growth(
     ``fraction`` of steps: scalar ``exponent``, ``linear_slope``, ``last_first_ratio``, and the
     fitted ``profile`` [sublayer]."""
     profile = snapshot(stream_rms(ds), step, fraction)
-    out = _fit(profile)
+    out = fit_growth(profile)
     out["profile"] = profile
     out.attrs["steps"] = profile.attrs.get("steps", "")
     return out

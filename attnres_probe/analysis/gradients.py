@@ -16,6 +16,12 @@ from attnres_probe.analysis.select import DEFAULT_FRACTION, AnalysisError, requi
 GRADIENT_VARIABLES = {"grad_norm": "sublayer", "param_grad_norm": "layer"}
 
 
+def gradient_norms(ds: xr.Dataset, variable: str = "grad_norm") -> xr.DataArray:
+    """The recorded gradient norms [step, sublayer] (``grad_norm``) or [step, layer]
+    (``param_grad_norm``)."""
+    return _gradients(ds, variable)[0]
+
+
 def _gradients(ds: xr.Dataset, variable: str) -> tuple[xr.DataArray, str]:
     if variable not in GRADIENT_VARIABLES:
         raise AnalysisError(

@@ -1,0 +1,115 @@
+"""``attnres-probe export``: figures of one or more runs to PNG, SVG, PDF, HTML or JSON files."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from attnres_probe.cli.common import err_console, fail, library_errors, out_console
+from attnres_probe.cli.main import app
+
+
+class FigureChoice(str, enum.Enum):
+    dilution = "dilution"
+    relative_update = "relative-update"
+    depth_heatmap = "depth-heatmap"
+    depth_entropy = "depth-entropy"
+    grad_depth = "grad-depth"
+    pruning = "pruning"
+    loss = "loss"
+    all = "all"
+
+
+class FormatChoice(str, enum.Enum):
+    png = "png"
+    svg = "svg"
+    pdf = "pdf"
+    html = "html"
+    json = "json"
+
+
+FIGURE_NAMES = tuple(f.value for f in FigureChoice if f is not FigureChoice.all)
+ALL_FIGURES = [FigureChoice.all]
+
+
+def _targets(names: list[str], fmt: str, out: Path | None) -> dict[str, Path]:
+    """Output path per figure: a file for one figure, a folder of <figure>.<fmt> for several."""
+    if len(names) == 1 and out is not None and out.suffix and not out.is_dir():
+        return {names[0]: out}
+    folder = out if out is not None else Path("figures")
+    if folder.exists() and not folder.is_dir():
+        raise fail(f"--out {folder} is a file; with several figures --out must be a folder", 2)
+    return {n: folder / f"{n}.{fmt}" for n in names}
+
+
+@app.command()
+def export(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (or their .zarr stores).")],
+    figure: Annotated[
+        list[FigureChoice],
+        typer.Option("--figure", "-f", help="Figure to draw; repeat for several, or 'all'."),
+    ] = ALL_FIGURES,  # noqa: B006 (typer reads the default, never mutates it)
+    fmt: Annotated[
+        FormatChoice | None,
+        typer.Option("--format", help="File format; default: from --out's suffix, else png."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="File for one figure; folder for several (default: figures/)."
+        ),
+    ] = None,
+    step: Annotated[
+        int | None,
+        typer.Option(help="Draw profiles at this step; default: mean of the last 10 % of steps."),
+    ] = None,
+) -> None:
+    """Draw figures of recorded runs (overlaid or side by side) and write them to files."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    names = list(FIGURE_NAMES) if any(f.value == "all" for f in figure) else []
+    names += [f.value for f in figure if f.value != "all" and f.value not in names]
+    suffix = out.suffix.lstrip(".").lower() if out is not None and out.suffix else ""
+    if fmt is None:
+        fmt_value = suffix if suffix in {c.value for c in FormatChoice} else "png"
+    else:
+        fmt_value = fmt.value
+        if len(names) == 1 and suffix and suffix != fmt_value:
+            raise fail(
+                f"--out {out} ends in .{suffix} but --format is {fmt_value}; make them agree", 2
+            )
+
+    with library_errors():
+        from attnres_probe import figures
+        from attnres_probe.analysis.select import AnalysisError
+        from attnres_probe.export import write_figures
+        from attnres_probe.store import open_run
+
+        datasets = [open_run(r) for r in runs]
+        built = []
+        for name in names:
+            try:
+                built.append((name, figures.make_figure(name, datasets, step=step)))
+            except AnalysisError as err:
+                if len(names) == 1:
+                    raise
+                err_console.print(f"skipped {name}: {err}", highlight=False, soft_wrap=True)
+        if not built:
+            raise fail("no figure could be drawn from these runs")
+        targets = _targets([n for n, _ in built], fmt_value, out)
+        items = [(fig, targets[n]) for n, fig in built]
+        for fig, _ in items:
+            n_heatmaps = sum(t.type == "heatmap" for t in fig.data)
+            if n_heatmaps > 2 and fig.layout.width is None:
+                fig.update_layout(width=480 * n_heatmaps + 160)
+        columns = (TextColumn("[bold]export {task.description}"), BarColumn(), MofNCompleteColumn())
+        with Progress(*columns, console=err_console, transient=True) as progress:
+            task = progress.add_task(fmt_value, total=len(items))
+            written = write_figures(
+                items, fmt_value, lambda done, total, path: progress.update(task, completed=done)
+            )
+    for path in written:
+        out_console.print(str(path), highlight=False, soft_wrap=True)

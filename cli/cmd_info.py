@@ -1,0 +1,128 @@
+"""``attnres-probe info``: a run's headline numbers (a table, or JSON with --json)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from attnres_probe.cli.common import err_console, library_errors, out_console
+from attnres_probe.cli.main import app
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.{digits}g}"
+    return str(x)
+
+
+def _rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """The summary dict as (label, value) rows, in reading order."""
+    arch = f"{s['kind']}, {s['n_layers']} layers ({s['n_sublayers']} sublayers)"
+    if s.get("d_model"):
+        arch += f", d_model {s['d_model']}"
+    if s.get("n_blocks"):
+        arch += f", {s['n_blocks']} blocks"
+    rows = [("run", s["run"]), ("model", arch), ("status", _fmt(s.get("status")))]
+    steps = f"{s['steps_recorded']}"
+    if s["steps_recorded"]:
+        steps += f" (steps {s['first_step']}–{s['last_step']})"
+    rows.append(("steps recorded", steps))
+    if s.get("window"):
+        rows.append(("window", s["window"]))
+    rows.append(("train loss", _fmt(s.get("train_loss"))))
+    rows.append(("held-out loss", _fmt(s.get("held_out_loss"))))
+    if s.get("nonfinite"):
+        rows.append(("non-finite values", str(s["nonfinite"])))
+    if d := s.get("dilution"):
+        rows.append(
+            (
+                "stream RMS growth",
+                f"last/first {_fmt(d['last_first_ratio'], 3)}, exponent {_fmt(d['exponent'], 3)}"
+                f", slope {_fmt(d['linear_slope'], 3)}/sublayer",
+            )
+        )
+    if r := s.get("relative_update"):
+        rows.append(
+            (
+                "relative update",
+                f"first {_fmt(r['first'], 3)}, last {_fmt(r['last'], 3)}, "
+                f"mean {_fmt(r['mean'], 3)}",
+            )
+        )
+    if g := s.get("gradient_spread"):
+        rows.append(
+            (
+                "gradient spread",
+                f"CV {_fmt(g['cv'], 3)}, max/min {_fmt(g['max_over_min'], 3)}",
+            )
+        )
+    if d := s.get("depth"):
+        rows.append(
+            (
+                "depth attention",
+                f"normalised entropy {_fmt(d['mean_normalised_entropy'], 3)}, "
+                f"effective sources {_fmt(d['mean_effective_sources'], 3)}",
+            )
+        )
+        top = ", ".join(f"{t['source']} {_fmt(t['share'], 2)}" for t in d["top_sources"])
+        rows.append(("top depth sources", top))
+    if p := s.get("most_prunable"):
+        key = "loss_increase" if "loss_increase" in p["layers"][0] else "block_influence"
+        units = ", ".join(f"{u['unit']} ({_fmt(u[key], 3)})" for u in p["layers"])
+        rows.append((f"most prunable (by {p['by']})", units))
+        if p.get("spearman"):
+            rho = ", ".join(f"{k} {_fmt(v, 2)}" for k, v in p["spearman"].items())
+            rows.append(("proxy Spearman ρ", rho))
+    return rows
+
+
+@app.command()
+def info(
+    run: Annotated[Path, typer.Argument(help="Run directory (or its .zarr store).")],
+    repair: Annotated[
+        bool,
+        typer.Option("--repair", help="First truncate a store left half-written by a crash."),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Summarise a run: model, steps recorded and its headline depth-dynamics numbers."""
+    from rich.table import Table
+
+    with library_errors():
+        from attnres_probe.analysis.summary import run_summary
+        from attnres_probe.store import open_run
+        from attnres_probe.store import repair as repair_store
+
+        if repair:
+            report = repair_store(run)
+            err_console.print(f"repaired {run}: {report}", highlight=False, soft_wrap=True)
+        ds = open_run(run)
+        summary = run_summary(ds, extra=_checkpoint_facts(run))
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))
+        return
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for label, value in _rows(summary):
+        table.add_row(label, value)
+    out_console.print(table)
+
+
+def _checkpoint_facts(run: Path) -> dict[str, Any]:
+    """What the checkpoint's config.json records beside the model (held-out loss, …)."""
+    run_dir = run.parent if run.suffix == ".zarr" else run
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    extra = config.get("extra", config)
+    return extra if isinstance(extra, dict) else {}

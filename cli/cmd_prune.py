@@ -1,0 +1,88 @@
+"""``attnres-probe prune``: remove each layer, sublayer or block of a run's checkpoint in turn."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from attnres_probe.cli.common import err_console, library_errors, out_console
+from attnres_probe.cli.main import app
+
+
+class Granularity(str, enum.Enum):
+    layer = "layer"
+    sublayer = "sublayer"
+    block = "block"
+
+
+@app.command()
+def prune(
+    run: Annotated[Path, typer.Argument(help="Run directory holding a checkpoint.")],
+    granularity: Annotated[
+        Granularity,
+        typer.Option(help="What to remove: each layer, sublayer or block (block runs)."),
+    ] = Granularity.layer,
+    batches: Annotated[int, typer.Option(min=1, help="Held-out batches per evaluation.")] = 8,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Default: the run's training value.")
+    ] = None,
+    seq_len: Annotated[
+        int | None, typer.Option("--seq-len", min=2, help="Default: the run's training value.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
+) -> None:
+    """Remove each unit of a checkpoint in turn; store and compare the held-out loss increase."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.table import Table
+
+    with library_errors():
+        from attnres_probe.analysis.pruning import compare_with_proxies, prune_run
+        from attnres_probe.analysis.select import AnalysisError
+        from attnres_probe.store import open_run
+
+        columns = (
+            TextColumn("[bold]prune {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[unit]}"),
+        )
+        with Progress(*columns, console=err_console, transient=True) as progress:
+            task = progress.add_task(granularity.value, total=None, unit="")
+
+            def on_unit(done: int, total: int, unit: str) -> None:
+                progress.update(task, completed=done, total=total, unit=unit)
+
+            results = prune_run(
+                run,
+                granularity.value,
+                batches=batches,
+                batch_size=batch_size,
+                seq_len=seq_len,
+                device=device,
+                progress=on_unit,
+            )
+        try:
+            table_data = compare_with_proxies(open_run(run), granularity.value)
+        except AnalysisError:  # no recording to compare with: the measured losses alone
+            table_data = results
+    proxies = [p for p in ("block_influence", "relative_update") if p in table_data]
+    table = Table(title=f"{run}: removing each {granularity.value}")
+    for col in ("unit", "loss", "increase", *proxies):
+        table.add_column(col, justify="left" if col == "unit" else "right")
+    for i, unit in enumerate(table_data["unit"].values):
+        cells = [
+            str(unit),
+            f"{float(table_data['prune_loss'][i]):.4f}",
+            f"{float(table_data['prune_loss_increase'][i]):+.4f}",
+        ]
+        cells += [f"{float(table_data[p][i]):.4g}" for p in proxies]
+        table.add_row(*cells)
+    out_console.print(table)
+    base = float(results["prune_base_loss"])
+    out_console.print(f"intact model: held-out loss {base:.4f}", highlight=False)
+    for p in proxies:
+        rho = table_data.attrs.get(f"spearman_{p}", float("nan"))
+        out_console.print(f"Spearman ρ({p}, increase) = {rho:.3f}", highlight=False)

@@ -1,0 +1,139 @@
+"""Figures: each builds from runs and its JSON holds the data the analyses compute."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+from synthetic_runs import FULL_WEIGHTS, FULL_WEIGHTS_OUT, baseline_run, full_run
+
+from attnres_probe import figures
+from attnres_probe.analysis import pruning
+from attnres_probe.analysis.select import AnalysisError
+
+
+def decode(v):
+    """A plotly JSON array (plain list or base64 typed array) as numpy."""
+    if isinstance(v, dict) and "bdata" in v:
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        return a.reshape([int(s) for s in str(v["shape"]).split(",")]) if "shape" in v else a
+    return np.asarray(v, dtype=object if v and isinstance(v[0], str) else None)
+
+
+def traces(fig: go.Figure) -> list[dict]:
+    """The traces as they appear in the figure's JSON (what a browser receives)."""
+    return json.loads(fig.to_json())["data"]
+
+
+def with_pruning(ds, increases, base=2.0):
+    rows = pruning.units(ds.attrs["residual"], int(ds.attrs["n_layers"]), 4, "layer")
+    res = pruning.results_dataset(rows, "layer", list(base + np.asarray(increases)), base, {})
+    ds = ds.copy()
+    for name, (dims, arr) in pruning.stored_arrays(res).items():
+        ds[name] = (dims, arr)
+    return ds
+
+
+def test_every_registered_figure_builds_and_round_trips_through_json():
+    runs = {"base": with_pruning(baseline_run(), [0.5, 0.1]), "full": full_run()}
+    for name in figures.FIGURES:
+        fig = figures.make_figure(name, runs)
+        assert fig.data, name
+        assert fig.layout.title.text, name
+        assert go.Figure(json.loads(fig.to_json())).to_dict()["data"], name
+
+
+def test_dilution_draws_the_tail_mean_stream_rms_of_each_run():
+    fig = figures.dilution([baseline_run(), full_run()], fraction=0.2)
+    data = traces(fig)
+    assert [d["name"].split(" (")[0] for d in data] == ["base", "full"]
+    np.testing.assert_allclose(decode(data[0]["y"]), 9.5 * np.arange(1, 5), rtol=1e-6)
+    np.testing.assert_allclose(decode(data[0]["x"]), [0, 1, 2, 3])
+    assert "exponent 1.00" in data[0]["name"]
+    assert "exponent 0.00" in data[1]["name"]
+    assert fig.layout.yaxis.title.text.startswith("RMS")
+
+
+def test_dilution_at_several_steps_draws_one_line_per_step():
+    data = traces(figures.dilution(baseline_run(), steps=[0, 90]))
+    assert len(data) == 2
+    np.testing.assert_allclose(decode(data[0]["y"]), [1, 2, 3, 4])
+    np.testing.assert_allclose(decode(data[1]["y"]), [10, 20, 30, 40])
+    assert data[0]["line"]["dash"] != data[1]["line"]["dash"]
+
+
+def test_a_run_keeps_its_colour_across_figures_and_runs_differ():
+    runs = [baseline_run(), full_run()]
+    dil = traces(figures.dilution(runs))
+    loss = traces(figures.loss(runs))
+    assert [d["line"]["color"] for d in dil] == [d["line"]["color"] for d in loss]
+    assert dil[0]["line"]["color"] != dil[1]["line"]["color"]
+    assert set(figures.run_colours(["base", "full"]).values()) <= set(figures.OKABE_ITO)
+
+
+def test_relative_update_uses_a_log_axis_and_the_ratio():
+    fig = figures.relative_update(baseline_run(), step=0)
+    np.testing.assert_allclose(decode(traces(fig)[0]["y"]), [1, 1 / 2, 1 / 3, 1 / 4], rtol=1e-6)
+    assert fig.layout.yaxis.type == "log"
+
+
+def test_depth_heatmap_shows_weights_with_the_output_row_and_skips_baselines():
+    fig = figures.depth_heatmap({"b": baseline_run(), "f": full_run()})
+    (heat,) = traces(fig)
+    z = decode(heat["z"]).astype(float)
+    np.testing.assert_allclose(z[:2], FULL_WEIGHTS)
+    np.testing.assert_allclose(z[2], FULL_WEIGHTS_OUT)
+    assert list(heat["y"]) == ["L0.attn", "L0.mlp", "out"]
+    assert list(heat["x"]) == ["emb", "L0.attn", "L0.mlp"]
+    assert "no depth weights: b" in fig.layout.title.text
+    with pytest.raises(AnalysisError, match="needs a full or block AttnRes run"):
+        figures.depth_heatmap(baseline_run())
+
+
+def test_depth_heatmaps_of_several_runs_sit_side_by_side():
+    fig = figures.depth_heatmap({"a": full_run(), "b": full_run()})
+    data = traces(fig)
+    assert [d["xaxis"] for d in data] == ["x", "x2"]
+    assert all(d["coloraxis"] == "coloraxis" for d in data)
+
+
+def test_depth_entropy_plots_normalised_entropy_with_effective_sources_on_hover():
+    (line,) = traces(figures.depth_entropy(full_run()))
+    y = decode(line["y"]).astype(float)
+    assert np.isnan(y[0])
+    assert y[1] == pytest.approx(0.5 / np.log(2), rel=1e-6)
+    assert y[2] == pytest.approx(1.0 / np.log(3), rel=1e-6)
+    assert "effective sources" in line["hovertemplate"]
+
+
+def test_grad_depth_reports_the_spread_in_the_legend():
+    (line,) = traces(figures.grad_depth(full_run()))
+    np.testing.assert_allclose(decode(line["y"]), [1, 2])
+    assert "CV 0.33, max/min 2.00" in line["name"]
+
+
+def test_pruning_figure_plots_measured_increase_against_each_proxy():
+    ds = with_pruning(baseline_run(), [0.5, 0.1])
+    data = traces(figures.pruning(ds))
+    bars, bi, rel = data
+    assert bars["type"] == "bar"
+    np.testing.assert_allclose(decode(bars["y"]), [0.5, 0.1], rtol=1e-6)
+    np.testing.assert_allclose(decode(bi["x"]), [0.1, 0.2], rtol=1e-6)  # 1 − cos
+    np.testing.assert_allclose(decode(rel["x"]), [1.5 / 10, 0.35 / 6], rtol=1e-5)
+    assert list(bi["text"]) == ["L0", "L1"]
+    with pytest.raises(AnalysisError, match="no pruning results"):
+        figures.pruning(baseline_run())
+
+
+def test_loss_figure_draws_every_recorded_step():
+    (line,) = traces(figures.loss(baseline_run()))
+    np.testing.assert_allclose(decode(line["x"]), np.arange(10) * 10)
+    np.testing.assert_allclose(decode(line["y"]), 5 - 0.1 * np.arange(10), rtol=1e-6)
+
+
+def test_unknown_figure_names_the_choices():
+    with pytest.raises(AnalysisError, match="pick one of dilution"):
+        figures.make_figure("nope", baseline_run())

@@ -38,6 +38,7 @@ def find_browser() -> str | None:
 
 
 def check_format(fmt: str) -> str:
+    """``fmt`` (or a file suffix such as '.png') as a lower-case format name, checked."""
     fmt = fmt.lower().lstrip(".")
     if fmt not in FORMATS:
         raise ExportError(f"format {fmt!r} is not supported; use one of {', '.join(FORMATS)}")
@@ -46,39 +47,53 @@ def check_format(fmt: str) -> str:
 
 def write_figures(
     items: Sequence[tuple[go.Figure, str | Path]],
-    fmt: str,
+    fmt: str | None = None,
     progress: Callable[[int, int, Path], None] | None = None,
     size: tuple[int, int] | None = None,
 ) -> list[Path]:
-    """Write each (figure, path) in ``fmt``; static formats share one browser session.
+    """Write each (figure, path) in ``fmt`` (None: each path's suffix); every static image of
+    the call is rendered in one browser session.
 
     size: (width, height) of static images; a figure's own layout width/height wins.
     progress(done, total, path) is called after each file. Returns the paths written.
     """
-    fmt = check_format(fmt)
     paths = [Path(p) for _, p in items]
+    formats = [check_format(fmt or p.suffix or "?") for p in paths]
     for p in paths:
         p.parent.mkdir(parents=True, exist_ok=True)
-    if fmt in STATIC_FORMATS:
-        _write_static(items, paths, fmt, progress, size or DEFAULT_SIZE)
-        return paths
-    for i, ((fig, _), path) in enumerate(zip(items, paths, strict=True)):
-        if fmt == "html":
+    done = 0
+
+    def tick(path: Path) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, len(items), path)
+
+    for (fig, _), path, f in zip(items, paths, formats, strict=True):
+        if f == "html":
             # Self-contained (plotly.js inlined): opens offline and on machines without a CDN.
             fig.write_html(path, include_plotlyjs=True, full_html=True)
-        else:
+            tick(path)
+        elif f == "json":
             fig.write_json(path)
-        if progress is not None:
-            progress(i + 1, len(items), path)
+            tick(path)
+    static = [
+        (fig, path, f)
+        for (fig, _), path, f in zip(items, paths, formats, strict=True)
+        if f in STATIC_FORMATS
+    ]
+    if static:
+        _write_static(static, size or DEFAULT_SIZE, tick)
     return paths
 
 
-def _write_static(items, paths, fmt, progress, size) -> None:
+def _write_static(items, size, tick) -> None:
     if find_browser() is None:
         where = os.environ.get("BROWSER_PATH")
         reason = f"BROWSER_PATH={where} is not an executable" if where else "none was found"
+        kinds = "/".join(sorted({f.upper() for _, _, f in items}))
         raise ExportError(
-            f"{fmt.upper()} export needs Chrome or Chromium and {reason}; install one "
+            f"{kinds} export needs Chrome or Chromium and {reason}; install one "
             "(apt-get install -y chromium) or set BROWSER_PATH, or export --format html/json"
         )
     import kaleido
@@ -89,14 +104,13 @@ def _write_static(items, paths, fmt, progress, size) -> None:
         with warnings.catch_warnings():
             # plotly passes kaleido options a running server ignores, and says so each call.
             warnings.filterwarnings("ignore", message="The kopts argument is ignored")
-            for i, ((fig, _), path) in enumerate(zip(items, paths, strict=True)):
+            for fig, path, f in items:
                 fig.write_image(
                     path,
-                    format=fmt,
+                    format=f,
                     width=fig.layout.width or width,
                     height=fig.layout.height or height,
                 )
-                if progress is not None:
-                    progress(i + 1, len(items), path)
+                tick(path)
     finally:
         kaleido.stop_sync_server(silence_warnings=True)

@@ -34,3 +34,4 @@ def main(
 
 # Command modules register themselves on `app` when imported (one module per command).
 from attnres_probe.cli import cmd_train  # noqa: E402,F401
+from attnres_probe.cli import cmd_dashboard  # noqa: E402,F401

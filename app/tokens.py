@@ -1,0 +1,90 @@
+"""The per-token depth view: run a run's checkpoint on a typed input and show, for one token,
+how much each reader (sublayer, then the model output) takes from each source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+import xarray as xr
+
+from attnres_probe.app.catalog import literal
+
+MAX_BYTES = 256
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading checkpoint…")
+def _model(path: str, mtime: float):
+    from attnres_probe.checkpoint import load_checkpoint
+    from attnres_probe.models import ModelConfig, build_model
+
+    state, config = load_checkpoint(path)
+    cfg = ModelConfig.from_dict(config.get("model", config))
+    model = build_model(cfg)
+    model.load_state_dict(state)
+    model.eval()
+    return model
+
+
+def load_model(run_dir: Path):
+    """The run's trained model (cached until its checkpoint file changes). Read-only."""
+    checkpoint = run_dir / "checkpoint.safetensors"
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"run {run_dir.name} has no checkpoint.safetensors")
+    return _model(str(run_dir), checkpoint.stat().st_mtime)
+
+
+def reader_labels(n_layers: int) -> list[str]:
+    return [f"L{i // 2}.{'attn' if i % 2 == 0 else 'mlp'}" for i in range(2 * n_layers)] + ["out"]
+
+
+def token_depth_weights(run_dir: Path, text: str) -> xr.DataArray:
+    """Depth weights of every token of ``text`` (UTF-8 bytes, truncated to the model's context):
+    [reader, source, token], NaN where a source does not exist for that reader."""
+    import torch
+
+    data = text.encode("utf-8")
+    if not data:
+        raise ValueError("the input is empty; type some text to see its tokens")
+    model = load_model(run_dir)
+    cfg = model.cfg
+    data = data[: min(MAX_BYTES, cfg.max_seq_len)]
+    idx = torch.tensor([list(data)], dtype=torch.long)
+    weights = model.depth_weights(idx)[:, :, 0, :].numpy()  # [n_sublayers + 1, n_sources, T]
+    return xr.DataArray(
+        weights,
+        dims=("reader", "source", "token"),
+        coords={
+            "reader": reader_labels(cfg.n_layers),
+            "source": list(cfg.source_names),
+            "token": np.arange(len(data)),
+            "byte": ("token", [_shown(b) for b in data]),
+        },
+        name="depth_weights",
+    )
+
+
+def _shown(byte: int) -> str:
+    char = chr(byte)
+    return char if char.isprintable() and byte < 128 else repr(bytes([byte]))[2:-1]
+
+
+def show(weights: xr.DataArray) -> None:
+    """A token slider and, for that token, the [reader × source] weights as a table."""
+    n = weights.sizes["token"]
+    position = 0
+    if n > 1:
+        position = st.slider("Token position", 0, n - 1, value=n - 1, key="token")
+    one = weights.isel(token=position)
+    st.caption(literal(f"token {position}: byte {one['byte'].item()!r}"))
+    frame = pd.DataFrame(
+        one.values, index=list(one["reader"].values), columns=list(one["source"].values)
+    )
+    frame = frame.dropna(axis="columns", how="all")
+    columns = {
+        c: st.column_config.ProgressColumn(str(c), min_value=0.0, max_value=1.0, format="%.2f")
+        for c in frame.columns
+    }
+    st.dataframe(frame, column_config=columns, key="token_table")

@@ -1,0 +1,221 @@
+"""What every dashboard page shares: the root, cached run loading, the pickers bound to the URL,
+live refresh, and showing figures and errors.
+
+The run picker, the compared runs and the step are widgets bound to query parameters
+(``?run=…&compare=…&step=…``), so a view can be shared and reloaded. Loaded runs are cached
+on the run's commit marker (``store.store_version``): a run being written is re-read only
+when a flush has landed.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from pathlib import Path
+
+import streamlit as st
+import xarray as xr
+
+from attnres_probe.app import catalog
+
+RUN_KEY = "run"
+COMPARE_KEY = "compare"
+STEP_KEY = "step"
+MEAN_TAIL_KEY = "mean_tail"
+REFRESH_KEY = "refresh"
+REFRESH_CHOICES = {"off": None, "2 s": 2.0, "5 s": 5.0, "10 s": 10.0, "30 s": 30.0}
+DEFAULT_REFRESH = "5 s"
+PLOTLY_CONFIG = {"displaylogo": False}
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def root() -> catalog.Root:
+    """The dashboard's root (from ``$ATTNRES_PROBE_ROOT``, else the bundled sample runs)."""
+    return catalog.dashboard_root()
+
+
+def version(path: Path) -> object:
+    """The run's commit marker; the marker file's mtime when the store cannot say."""
+    from attnres_probe.store import store_version
+
+    try:
+        return store_version(path)
+    except Exception:  # noqa: BLE001 - an unreadable store is reported by summarize()
+        return ("unreadable", catalog.marker_mtime(path))
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _open(path: str, commit: object) -> xr.Dataset:
+    from attnres_probe.store import open_run
+
+    return open_run(path)
+
+
+def load(path: Path) -> xr.Dataset:
+    """The run at ``path`` (resolved under ROOT), cached until its next commit. Read-only."""
+    return _open(str(path), version(path))
+
+
+@st.cache_data(max_entries=2048, show_spinner=False)
+def _row(root_path: str, name: str, commit: object) -> catalog.RunRow:
+    return catalog.summarize(Path(root_path), name, open_run=lambda p: _open(str(p), commit))
+
+
+def rows(root_path: Path) -> list[catalog.RunRow]:
+    """One summary row per run under ``root_path`` (broken runs included, with their reason)."""
+    out = []
+    for name in catalog.run_names(root_path):
+        try:
+            commit = version(catalog.resolve_run(root_path, name))
+        except catalog.RunRefused:
+            commit = None
+        out.append(_row(str(root_path), name, commit))
+    return out
+
+
+def label(name: str) -> str:
+    """A run name made safe for plotly text (which renders a subset of HTML and %{…})."""
+    return html.escape(name).replace("%", "&#37;")
+
+
+# ----------------------------------------------------------------------------- pickers
+
+
+def run_picker(all_rows: list[catalog.RunRow], root_path: Path) -> str | None:
+    """The sidebar's run select box (bound to ``?run=``); warns about a refused request."""
+    names = [r.name for r in all_rows if r.openable]
+    requested = st.query_params.get(RUN_KEY)
+    if requested is not None and requested not in names:
+        st.session_state["_refused"] = refusal(root_path, requested, all_rows)
+    else:
+        st.session_state.pop("_refused", None)
+    if not names:
+        return None
+    return st.sidebar.selectbox("Run", names, key=RUN_KEY, bind="query-params")
+
+
+def refusal(root_path: Path, requested: str, all_rows: list[catalog.RunRow]) -> str:
+    """Why the run named in the URL is not shown (refused path, broken run or unknown name)."""
+    for row in all_rows:
+        if row.name == requested:
+            return f"run {requested!r} cannot be opened: {row.message}"
+    try:
+        catalog.resolve_run(root_path, requested)
+    except catalog.RunRefused as err:
+        return str(err)
+    return f"run {requested!r} is not listed under ROOT"
+
+
+def refresh_picker() -> None:
+    st.sidebar.selectbox(
+        "Live refresh",
+        list(REFRESH_CHOICES),
+        index=list(REFRESH_CHOICES).index(DEFAULT_REFRESH),
+        key=REFRESH_KEY,
+        help="How often a run that is still being written is re-read.",
+    )
+
+
+def refresh_every(live: bool) -> float | None:
+    """Seconds between automatic refreshes, or None when the view is not live."""
+    if not live:
+        return None
+    return REFRESH_CHOICES.get(st.session_state.get(REFRESH_KEY, DEFAULT_REFRESH))
+
+
+def step_picker(ds: xr.Dataset) -> int | None:
+    """A step slider over the recorded steps (bound to ``?step=``), or None for the tail mean.
+
+    Left untouched it follows the latest recorded step, so a live run's view moves along.
+    """
+    steps = ds["step"].values
+    if steps.size == 0:
+        return None
+    first, last = int(steps[0]), int(steps[-1])
+    mean_tail = st.checkbox(
+        "Average the last 10 % of recorded steps instead of one step",
+        key=MEAN_TAIL_KEY,
+        bind="query-params",
+    )
+    if first == last:
+        st.caption(f"one recorded step: {first}")
+        return None if mean_tail else first
+    import numpy as np
+
+    spacing = int(np.gcd.reduce(np.diff(steps.astype(np.int64)))) or 1
+    step = st.slider(
+        "Step",
+        min_value=first,
+        max_value=last,
+        value=last,
+        step=spacing,
+        key=STEP_KEY,
+        bind="query-params",
+        disabled=mean_tail,
+    )
+    return None if mean_tail else int(step)
+
+
+# ----------------------------------------------------------------------------- showing
+
+
+def selected(all_rows: list[catalog.RunRow]) -> tuple[catalog.RunRow, Path] | None:
+    """The run chosen in the sidebar and its path, or None after saying why there is none."""
+    name = st.session_state.get(RUN_KEY)
+    row = next((r for r in all_rows if r.name == name and r.openable), None)
+    root_info = root()
+    if row is None or root_info.path is None:
+        if root_info.path is None:
+            st.warning(catalog.literal(root_info.note))
+        else:
+            st.info(f"No run to show. Make one:\n\n```\n{make_run_hint(root_info.path)}\n```")
+        return None
+    return row, catalog.resolve_run(root_info.path, row.name)
+
+
+def make_run_hint(root_path: Path) -> str:
+    return catalog.TRAIN_HINT.format(root=root_path)
+
+
+def header(title: str) -> None:
+    """The page title and, when the URL named a run that is not served, why."""
+    st.title(title)
+    refused = st.session_state.get("_refused")
+    if refused:
+        st.warning(catalog.literal(refused))
+
+
+def error(err: BaseException) -> None:
+    """A library error as one literal line (never a traceback)."""
+    st.error(catalog.literal(catalog.describe_error(err)))
+
+
+def chart(make: Callable[[], object], key: str | None = None) -> bool:
+    """Draw the figure ``make()`` returns; an expected failure becomes a message. True if drawn."""
+    from attnres_probe.analysis.select import AnalysisError
+
+    try:
+        fig = make()
+    except (AnalysisError, ValueError, KeyError, FileNotFoundError) as err:
+        st.info(catalog.literal(catalog.describe_error(err)))
+        return False
+    st.plotly_chart(fig, config=PLOTLY_CONFIG, key=key)
+    return True
+
+
+def live(body: Callable[[], None], is_live: bool) -> None:
+    """Run ``body`` as a fragment that re-runs on the refresh interval while ``is_live``."""
+    st.fragment(run_every=refresh_every(is_live))(body)()
+
+
+def current_rows() -> list[catalog.RunRow]:
+    """The run rows the entry script listed for this rerun."""
+    return st.session_state.get("_rows", [])
+
+
+def forget_loaded() -> None:
+    """Drop every cached run, e.g. after the dashboard itself wrote into a store."""
+    _open.clear()
+    _row.clear()

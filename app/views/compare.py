@@ -1,0 +1,61 @@
+"""Compare: two or more runs side by side on shared axes (baseline vs AttnRes)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from attnres_probe import figures
+from attnres_probe.app import catalog, ui
+
+ui.header("Compare")
+rows = [r for r in ui.current_rows() if r.openable]
+root = ui.root()
+
+if len(rows) < 2:
+    st.info(
+        "Comparing needs at least two readable runs under ROOT; there "
+        f"{'is' if len(rows) == 1 else 'are'} {len(rows)}. Make another one:"
+    )
+    if root.path is not None:
+        st.code(ui.make_run_hint(root.path), language="bash")
+else:
+    names = [r.name for r in rows]
+    default = names[:2]
+    kinds = {r.kind for r in rows}
+    if "baseline" in kinds and len(kinds) > 1:  # show the contrast the project is about
+        base = next(r.name for r in rows if r.kind == "baseline")
+        other = next(r.name for r in rows if r.kind != "baseline")
+        default = [base, other]
+    chosen = st.multiselect("Runs", names, default=default, key=ui.COMPARE_KEY, bind="query-params")
+    if len(chosen) < 2:
+        st.info("Pick at least two runs to compare.")
+    else:
+        by_name = {r.name: r for r in rows}
+        st.caption(
+            "Profiles are averaged over the last 10 % of each run's recorded steps; each run "
+            "keeps its colour in every figure."
+        )
+
+        def body() -> None:
+            runs = {}
+            for name in chosen:
+                try:
+                    ds = ui.load(catalog.resolve_run(root.path, name))
+                except Exception as err:  # noqa: BLE001 - one bad run must not hide the others
+                    st.warning(catalog.literal(f"{name}: {catalog.describe_error(err)}"))
+                    continue
+                if ds.sizes.get("step", 0):
+                    runs[ui.label(name)] = ds
+            if len(runs) < 2:
+                st.info("Fewer than two of the chosen runs have recorded steps yet.")
+                return
+            ui.chart(lambda: figures.loss(runs), key="cmp_loss")
+            left, right = st.columns(2)
+            with left:
+                ui.chart(lambda: figures.dilution(runs), key="cmp_dilution")
+                ui.chart(lambda: figures.depth_heatmap(runs), key="cmp_heatmap")
+            with right:
+                ui.chart(lambda: figures.grad_depth(runs), key="cmp_grad")
+                ui.chart(lambda: figures.depth_entropy(runs), key="cmp_entropy")
+
+        ui.live(body, is_live=any(by_name[n].state == "live" for n in chosen))

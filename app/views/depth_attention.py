@@ -1,0 +1,59 @@
+"""Depth attention: which earlier sources each sublayer reads (AttnRes runs), over training and
+for the tokens of a typed input when the run has a checkpoint."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from attnres_probe import figures
+from attnres_probe.app import catalog, tokens, ui
+
+ui.header("Depth attention")
+picked = ui.selected(ui.current_rows())
+
+if picked is not None:
+    row, path = picked
+    if row.kind == "baseline":
+        st.info(
+            catalog.literal(
+                f"{row.name} is a PreNorm baseline: it has no depth attention. Pick a full or "
+                "block AttnRes run in the sidebar."
+            )
+        )
+    else:
+        st.caption(
+            "Each row is a reader (a sublayer, last row the model output); each column a source "
+            "it can attend over. Blank cells are sources that do not exist yet at that depth."
+        )
+
+        def body() -> None:
+            ds = ui.load(path)
+            if ds.sizes.get("step", 0) == 0:
+                st.info("This run has no recorded steps yet.")
+                return
+            step = ui.step_picker(ds)
+            runs = {ui.label(row.name): ds}
+            ui.chart(lambda: figures.depth_heatmap(runs, step=step), key="heatmap")
+            ui.chart(lambda: figures.depth_entropy(runs, step=step), key="entropy")
+
+        ui.live(body, is_live=row.state == "live")
+
+        st.subheader("Per token")
+        if not row.has_checkpoint:
+            st.info(
+                "This run has no checkpoint (checkpoint.safetensors), so there is no model to "
+                "run on an input; runs made with `attnres-probe train` save one at the end."
+            )
+        else:
+            text = st.text_input(
+                "Input text (bytes are the tokens)",
+                value="def main():\n    return 0",
+                key="token_text",
+                max_chars=tokens.MAX_BYTES,
+            )
+            try:
+                weights = tokens.token_depth_weights(path, text)
+            except (ValueError, FileNotFoundError, KeyError, RuntimeError) as err:
+                ui.error(err)
+            else:
+                tokens.show(weights)

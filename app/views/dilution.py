@@ -1,0 +1,49 @@
+"""Dilution: the stream RMS entering each sublayer vs depth, and each update relative to it."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from attnres_probe import figures
+from attnres_probe.app import ui
+
+OVERLAY_STEPS = 5
+
+ui.header("Dilution")
+picked = ui.selected(ui.current_rows())
+
+
+def evenly_spaced_steps(steps: np.ndarray, n: int) -> list[int]:
+    """Up to ``n`` recorded steps spread over training, first and last included."""
+    idx = np.unique(np.linspace(0, steps.size - 1, num=min(n, steps.size)).round().astype(int))
+    return [int(steps[i]) for i in idx]
+
+
+if picked is not None:
+    row, path = picked
+    st.caption(
+        "PreNorm adds every update into one stream, so its RMS grows with depth and each "
+        "sublayer's relative contribution shrinks; AttnRes keeps the stream a weighted average."
+    )
+    over_training = st.checkbox(
+        f"Overlay {OVERLAY_STEPS} steps across training", key="over_training"
+    )
+    log_y = st.checkbox("Log scale", key="log_y")
+
+    def body() -> None:
+        ds = ui.load(path)
+        if ds.sizes.get("step", 0) == 0:
+            st.info("This run has no recorded steps yet.")
+            return
+        runs = {ui.label(row.name): ds}
+        if over_training:
+            steps = evenly_spaced_steps(ds["step"].values, OVERLAY_STEPS)
+            ui.chart(lambda: figures.dilution(runs, steps=steps, log_y=log_y), key="dilution")
+            ui.chart(lambda: figures.relative_update(runs, steps=steps), key="relative_update")
+            return
+        step = ui.step_picker(ds)
+        ui.chart(lambda: figures.dilution(runs, step=step, log_y=log_y), key="dilution")
+        ui.chart(lambda: figures.relative_update(runs, step=step), key="relative_update")
+
+    ui.live(body, is_live=row.state == "live")

@@ -1,0 +1,78 @@
+"""Runs: every run under ROOT with its kind, depth, progress and state; the training loss."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from attnres_probe import figures
+from attnres_probe.app import catalog, ui
+
+STATE_NOTE = {
+    "live": "being written",
+    "stalled": "marked running, but no write for a while",
+    "finished": "complete",
+    "broken": "cannot be read",
+    "refused": "outside ROOT, not served",
+}
+MAX_LOSS_RUNS = 12
+
+ui.header("Runs")
+root = ui.root()
+
+
+def table(rows: list[catalog.RunRow]) -> None:
+    frame = pd.DataFrame(
+        {
+            "run": [r.name for r in rows],
+            "state": [r.state for r in rows],
+            "kind": [r.kind for r in rows],
+            "layers": [r.layers for r in rows],
+            "sublayers": [r.sublayers for r in rows],
+            "recorded steps": [r.steps for r in rows],
+            "last step": [r.last_step for r in rows],
+            "last loss": [r.last_loss for r in rows],
+            "checkpoint": [r.has_checkpoint for r in rows],
+            "message": [r.message for r in rows],
+        }
+    )
+    st.dataframe(frame, hide_index=True, key="runs_table")
+    for row in rows:
+        if not row.openable:
+            st.warning(catalog.literal(f"{row.name}: {STATE_NOTE[row.state]}. {row.message}"))
+
+
+def body() -> None:
+    rows = ui.rows(root.path)
+    table(rows)
+    shown = {
+        ui.label(r.name): r for r in rows if r.openable and r.steps > 0 and r.last_loss is not None
+    }
+    if not shown:
+        return
+    picked = dict(list(shown.items())[:MAX_LOSS_RUNS])
+    if len(shown) > MAX_LOSS_RUNS:
+        st.caption(f"training loss of the first {MAX_LOSS_RUNS} of {len(shown)} runs")
+
+    def make():
+        runs = {
+            lab: ui.load(catalog.resolve_run(root.path, row.name)) for lab, row in picked.items()
+        }
+        return figures.loss(runs)
+
+    ui.chart(make, key="loss")
+
+
+if root.path is None:
+    st.warning(catalog.literal(root.note))
+    st.markdown("Start the dashboard on a folder of runs, or make one first:")
+    st.code(ui.make_run_hint("runs"), language="bash")
+else:
+    origin = "bundled sample runs" if root.origin == "samples" else "ROOT"
+    st.caption(f"{origin}: " + catalog.literal(root.path))
+    rows = ui.current_rows()
+    if not rows:
+        st.info("No runs under this folder yet. Make one:")
+        st.code(ui.make_run_hint(root.path), language="bash")
+    else:
+        ui.live(body, is_live=any(r.state == "live" for r in rows))

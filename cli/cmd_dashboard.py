@@ -1,0 +1,132 @@
+"""``attnres-probe dashboard``: serve the Streamlit dashboard over a folder of runs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from attnres_probe.cli.common import err_console, fail
+from attnres_probe.cli.main import app
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def dashboard_script() -> Path:
+    """The installed entry script of the Streamlit app (works for wheels and source trees)."""
+    import attnres_probe.app
+
+    return Path(attnres_probe.app.__file__).resolve().parent / "dashboard.py"
+
+
+def free_port(host: str, start: int = 8501, tries: int = 100) -> int:
+    """The first port from ``start`` that ``host`` can bind now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for port in range(start, start + tries):
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port in {start}..{start + tries - 1} on {host}; pass --port")
+
+
+def streamlit_command(script: Path, host: str, port: int) -> list[str]:
+    """``python -m streamlit run`` with the dashboard's server settings."""
+    return [
+        sys.executable, "-m", "streamlit", "run", str(script),
+        "--server.address", host,
+        "--server.port", str(port),
+        "--server.headless", "true",
+        "--server.fileWatcherType", "none",
+        "--server.runOnSave", "false",
+        "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "viewer",
+    ]  # fmt: skip
+
+
+def _open_when_ready(url: str, timeout_s: float = 60.0) -> None:
+    import webbrowser
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
+                if reply.read().strip() == b"ok":
+                    webbrowser.open(url)
+                    return
+        except OSError:
+            time.sleep(0.3)
+
+
+@app.command()
+def dashboard(
+    root: Annotated[
+        Path | None,
+        typer.Argument(help="Folder of runs to serve; default: the bundled sample_runs/."),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to serve on; default: 8501 or the next free one.")
+    ] = None,
+    host: Annotated[
+        str,
+        typer.Option(help="Address to bind; anything but 127.0.0.1 exposes ROOT's runs."),
+    ] = "127.0.0.1",
+    open_browser: Annotated[
+        bool, typer.Option("--open/--no-open", help="Open a browser tab once it is up.")
+    ] = False,
+) -> None:
+    """Serve the dashboard: runs, dilution, depth attention, gradients, pruning, comparison."""
+    import importlib.util
+
+    from attnres_probe.app.catalog import ROOT_ENV
+
+    if importlib.util.find_spec("streamlit") is None:
+        raise fail("the dashboard needs Streamlit: pip install 'attnres-probe[app]'")
+    if root is not None and not root.is_dir():
+        raise fail(f"ROOT {root} is not a directory; pass a folder that holds runs", code=2)
+    if port is not None and not 1 <= port <= 65535:
+        raise fail(f"--port {port} is not a port number (1..65535)", code=2)
+    try:
+        port = port if port is not None else free_port(host)
+    except OSError as err:
+        raise fail(str(err)) from None
+
+    env = dict(os.environ)
+    env.pop(ROOT_ENV, None)
+    if root is not None:
+        env[ROOT_ENV] = str(root.resolve())
+    shown_host = f"[{host}]" if ":" in host else host
+    url = f"http://{shown_host}:{port}"
+    where = root.resolve() if root is not None else "the bundled sample runs"
+    err_console.print(f"dashboard over {where} at {url} (Ctrl-C stops it)", highlight=False)
+    if host not in LOCAL_HOSTS:
+        err_console.print(
+            f"[yellow]warning:[/] binding to {host} lets other machines read every run under "
+            "ROOT; use --host 127.0.0.1 to keep it local",
+            highlight=False,
+        )
+    if open_browser:
+        threading.Thread(target=_open_when_ready, args=(url,), daemon=True).start()
+
+    proc = subprocess.Popen(streamlit_command(dashboard_script(), host, port), env=env)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        code = 0
+    if code:
+        raise typer.Exit(code)

@@ -24,6 +24,17 @@ def test_wheel_installs_hooks_cli_and_app_as_subpackages(tmp_path):
         "attnres_probe/cli/__init__.py",
         "attnres_probe/cli/main.py",
         "attnres_probe/app/__init__.py",
+        "attnres_probe/app/dashboard.py",
+        "attnres_probe/app/catalog.py",
+        "attnres_probe/app/ui.py",
+        "attnres_probe/app/tokens.py",
+        "attnres_probe/app/views/runs.py",
+        "attnres_probe/app/views/dilution.py",
+        "attnres_probe/app/views/depth_attention.py",
+        "attnres_probe/app/views/gradients.py",
+        "attnres_probe/app/views/pruning.py",
+        "attnres_probe/app/views/compare.py",
+        "attnres_probe/cli/cmd_dashboard.py",
     ):
         assert required in names, f"{required} missing from {wheel.name}"
     assert not any(n.split("/")[0] in ("hooks", "cli", "app", "tests") for n in names)

@@ -1,0 +1,124 @@
+"""The dashboard's run catalog serves only runs under its ROOT, whatever a URL names."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from attnres_probe.app import catalog
+
+
+def make_run(path):
+    (path / "recording.zarr").mkdir(parents=True)
+    (path / "recording.zarr" / "zarr.json").write_text("{}")
+    return path
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "root"
+    make_run(root / "base")
+    make_run(root / "exp" / "full")
+    outside = make_run(tmp_path / "outside")
+    (root / "escape").symlink_to(outside, target_is_directory=True)
+    (root / "alias").symlink_to(root / "base", target_is_directory=True)
+    (root / "notes").mkdir()
+    return root, outside
+
+
+def test_run_names_lists_runs_below_root_in_order(tree):
+    root, _ = tree
+    assert catalog.run_names(root) == ["alias", "base", "escape", "exp/full"]
+
+
+def test_a_run_inside_root_resolves_to_its_directory(tree):
+    root, _ = tree
+    assert catalog.resolve_run(root, "exp/full") == (root / "exp" / "full").resolve()
+    assert catalog.resolve_run(root, "alias") == (root / "base").resolve()
+
+
+@pytest.mark.parametrize(
+    "name,why",
+    [
+        ("../outside", "climbs out"),
+        ("exp/../../outside", "climbs out"),
+        ("..\\outside", "climbs out"),
+        ("escape", "outside ROOT"),
+        ("notes", "not a run directory"),
+        ("file:///etc", "not a path under ROOT"),
+        ("~/runs", "not a path under ROOT"),
+        ("", "empty"),
+    ],
+)
+def test_names_that_leave_root_or_are_not_runs_are_refused(tree, name, why):
+    root, _ = tree
+    with pytest.raises(catalog.RunRefused, match=why):
+        catalog.resolve_run(root, name)
+
+
+def test_an_absolute_path_is_refused_even_when_it_is_a_run(tree):
+    root, outside = tree
+    for name in (str(outside), str(root / "base"), "C:\\runs\\base", "\\\\host\\share"):
+        with pytest.raises(catalog.RunRefused, match="absolute"):
+            catalog.resolve_run(root, name)
+
+
+def test_a_symlink_escaping_root_is_listed_as_refused_not_opened(tree):
+    root, _ = tree
+    opened = []
+    row = catalog.summarize(root, "escape", open_run=opened.append)
+    assert row.state == "refused" and "outside ROOT" in row.message
+    assert opened == []
+
+
+def test_a_run_that_fails_to_open_becomes_a_broken_row_with_the_reason(tree):
+    root, _ = tree
+
+    def failing(path):
+        raise ValueError(f"store {path.name} has no commit marker; it may be half-written")
+
+    row = catalog.summarize(root, "base", open_run=failing)
+    assert row.state == "broken" and not row.openable
+    assert "half-written" in row.message
+
+
+def test_root_comes_from_the_environment_and_a_missing_one_says_so(tmp_path):
+    assert catalog.dashboard_root({catalog.ROOT_ENV: str(tmp_path)}).path == tmp_path.resolve()
+    missing = catalog.dashboard_root({catalog.ROOT_ENV: str(tmp_path / "nope")})
+    assert missing.path is None and "not a directory" in missing.note
+
+
+def test_without_root_the_bundled_samples_are_used_or_their_absence_explained(monkeypatch):
+    monkeypatch.setattr(catalog, "bundled_sample_runs", lambda: None)
+    root = catalog.dashboard_root({})
+    assert root.path is None and "sample_runs" in root.note and "dashboard" in root.note
+
+
+def test_a_single_run_as_root_is_listed_as_dot(tmp_path):
+    run = make_run(tmp_path / "run")
+    assert catalog.run_names(run) == ["."]
+    assert catalog.resolve_run(run, ".") == run.resolve()
+
+
+def test_literal_escapes_markdown_and_html():
+    text = "<b>x</b> **y** [z](javascript:alert(1)) :red[w]"
+    escaped = catalog.literal(text)
+    assert "<b>" not in escaped and "**" not in escaped and "](" not in escaped
+    assert escaped.replace("\\", "") == text
+
+
+def test_stalled_runs_are_told_apart_from_live_ones():
+    assert catalog.run_state("running", 1.0) == "live"
+    assert catalog.run_state("running", catalog.LIVE_WINDOW_S + 1) == "stalled"
+    assert catalog.run_state("finished", 1e9) == "finished"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symlinked parents are a POSIX test")
+def test_a_symlinked_directory_is_not_descended_into(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    far = tmp_path / "far"
+    make_run(far / "deep")
+    (root / "link").symlink_to(far, target_is_directory=True)
+    assert catalog.run_names(root) == []

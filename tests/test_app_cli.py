@@ -1,0 +1,94 @@
+"""`attnres-probe dashboard` starts Streamlit on localhost over the given ROOT."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from attnres_probe.app.catalog import ROOT_ENV
+from attnres_probe.cli import app, cmd_dashboard
+
+runner = CliRunner()
+
+
+class FakeServer:
+    """Stands in for the Streamlit subprocess: records how it was started."""
+
+    started: list = []
+
+    def __init__(self, cmd, env):
+        FakeServer.started.append((cmd, env))
+
+    def wait(self, timeout=None):
+        return 0
+
+
+@pytest.fixture
+def fake_server(monkeypatch):
+    FakeServer.started = []
+    monkeypatch.setattr(cmd_dashboard.subprocess, "Popen", FakeServer)
+    monkeypatch.setenv(ROOT_ENV, "/somewhere/else")
+    return FakeServer.started
+
+
+def option(cmd: list[str], name: str) -> str:
+    return cmd[cmd.index(name) + 1]
+
+
+def test_dashboard_binds_localhost_headless_over_the_given_root(fake_server, tmp_path):
+    result = runner.invoke(app, ["dashboard", str(tmp_path), "--port", "8765"])
+    assert result.exit_code == 0, result.output
+    ((cmd, env),) = fake_server
+    assert cmd[:4] == [sys.executable, "-m", "streamlit", "run"]
+    script = Path(cmd[4])
+    assert script.name == "dashboard.py" and script.is_file()
+    assert (script.parent / "views" / "runs.py").is_file()
+    assert option(cmd, "--server.address") == "127.0.0.1"
+    assert option(cmd, "--server.port") == "8765"
+    assert option(cmd, "--server.headless") == "true"
+    assert option(cmd, "--browser.gatherUsageStats") == "false"
+    assert option(cmd, "--client.toolbarMode") == "viewer"
+    assert env[ROOT_ENV] == str(tmp_path.resolve())
+    assert "http://127.0.0.1:8765" in result.stderr
+
+
+def test_without_root_the_environment_root_is_dropped_for_the_bundled_samples(fake_server):
+    result = runner.invoke(app, ["dashboard", "--port", "8766"])
+    assert result.exit_code == 0, result.output
+    ((_, env),) = fake_server
+    assert ROOT_ENV not in env
+    assert "bundled sample runs" in result.stderr
+
+
+def test_another_host_is_passed_through_with_a_warning(fake_server, tmp_path):
+    result = runner.invoke(app, ["dashboard", str(tmp_path), "--host", "0.0.0.0", "--port", "8767"])
+    ((cmd, _),) = fake_server
+    assert option(cmd, "--server.address") == "0.0.0.0"
+    assert "warning" in result.stderr and "127.0.0.1" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["/no/such/folder"], "is not a directory"),
+        (["--port", "70000"], "is not a port number"),
+    ],
+)
+def test_bad_dashboard_input_is_one_line_and_exit_2(fake_server, args, message):
+    result = runner.invoke(app, ["dashboard", *args])
+    assert result.exit_code == 2
+    assert message in result.stderr and "Traceback" not in result.output
+    assert fake_server == []
+
+
+def test_free_port_skips_a_port_in_use():
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        taken = busy.getsockname()[1]
+        busy.listen()
+        assert cmd_dashboard.free_port("127.0.0.1", start=taken, tries=5) != taken

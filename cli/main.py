@@ -35,3 +35,6 @@ def main(
 # Command modules register themselves on `app` when imported (one module per command).
 from attnres_probe.cli import cmd_train  # noqa: E402,F401
 from attnres_probe.cli import cmd_dashboard  # noqa: E402,F401
+from attnres_probe.cli import cmd_export  # noqa: E402,F401
+from attnres_probe.cli import cmd_info  # noqa: E402,F401
+from attnres_probe.cli import cmd_prune  # noqa: E402,F401

@@ -76,11 +76,17 @@ def _style(fig: go.Figure, title: str, x_title: str, y_title: str, log_y: bool =
         template="plotly_white",
         hovermode="closest",
         legend={"title": {"text": "run"}},
-        margin={"l": 70, "r": 20, "t": 70, "b": 60},
+        showlegend=True,
+        margin={"l": 70, "r": 20, "t": 90, "b": 60},
     )
     fig.update_xaxes(title_text=x_title)
     fig.update_yaxes(title_text=y_title, type="log" if log_y else "linear")
     return fig
+
+
+def _integer_ticks(fig: go.Figure, n: int) -> None:
+    """Depth axes count sublayers: whole-number ticks, at most about 16 of them."""
+    fig.update_xaxes(tick0=0, dtick=max(1, -(-n // 16)))
 
 
 def _profile_lines(
@@ -96,6 +102,7 @@ def _profile_lines(
     runs = as_runs(runs)
     colours = run_colours(list(runs))
     fig = go.Figure()
+    _integer_ticks(fig, max(ds.sizes.get("sublayer", 1) for ds in runs.values()))
     for name, ds in runs.items():
         da = values(ds)
         picks = (
@@ -276,6 +283,7 @@ def depth_entropy(
     runs = _attnres_runs(runs, "the depth-entropy figure")
     colours = run_colours(list(runs))
     fig = go.Figure()
+    _integer_ticks(fig, max(ds.sizes["sublayer"] + 1 for ds in runs.values()))
     for name, ds in runs.items():
         ent = depth_analysis.depth_entropy(ds, of=of, include_output=True)
         norm = snapshot(ent["normalised_entropy"], step, fraction)
@@ -318,8 +326,8 @@ def pruning(
     granularity: str = "layer",
 ) -> go.Figure:
     """Measured loss increase when each unit is removed (left) against the cheap proxies
-    recorded in training: 1 − cos_in_out (Block Influence) and relative update; the legend
-    gives Spearman ρ of each proxy against the measured increase. ``step`` is unused."""
+    recorded in training: 1 − cos_in_out (Block Influence) and relative update; the panel
+    titles give Spearman ρ of each proxy against the measured increase. ``step`` is unused."""
     runs = as_runs(runs)
     colours = run_colours(list(runs))
     compared = {}
@@ -333,14 +341,22 @@ def pruning(
     skipped = compared.pop("_skipped", [])
     if not compared:
         raise AnalysisError("no run has pruning results: " + "; ".join(skipped))
+
+    def rho_line(proxy: str) -> str:
+        parts = [
+            f"{n} {cmp.attrs.get(f'spearman_{proxy}', float('nan')):+.2f}"
+            for n, cmp in compared.items()
+        ]
+        return "Spearman ρ: " + ", ".join(parts)
+
     fig = make_subplots(
         rows=1,
         cols=3,
         horizontal_spacing=0.08,
         subplot_titles=[
             "loss increase per unit",
-            "vs 1 − cos_in_out (Block Influence)",
-            "vs relative update",
+            f"vs 1 − cos_in_out (Block Influence)<br><sub>{rho_line('block_influence')}</sub>",
+            f"vs relative update<br><sub>{rho_line('relative_update')}</sub>",
         ],
     )
     for name, cmp in compared.items():
@@ -371,8 +387,9 @@ def pruning(
                     mode="markers+text",
                     text=units,
                     textposition="top center",
-                    name=f"{name}: ρ={rho:.2f}",
+                    name=name,
                     legendgroup=name,
+                    showlegend=False,
                     marker={"color": colour, "size": 9},
                     hovertemplate=f"<b>{name}</b> %{{text}}<br>{proxy} %{{x:.4g}}<br>"
                     f"loss +%{{y:.4f}}<br>Spearman ρ = {rho:.3f}<extra></extra>",

@@ -78,12 +78,14 @@ def _attnres_fwd_kernel(
             run_max = new_max
         out = acc / run_sum[:, None]
         tl.store(out_ptr + offs, launch.cast_to(out, out_ptr.dtype.element_ty), mask=mask)
-        lse = run_max + tl.log(run_sum)
-        alpha = tl.exp(logits - lse[None, :])  # [BLOCK_N, BLOCK_M]; padded sources get 0
+        # exp(z − max) / Σ rather than exp(z − lse): z − max is exact for the largest logits,
+        # so the weights sum to 1 as closely as torch.softmax's (the backward relies on it).
+        alpha = tl.exp(logits - run_max[None, :]) / run_sum[None, :]  # padded sources get 0
         valid = src_mask[:, None] & row_mask[None, :]
         tl.store(w_ptr + src_idx[:, None].to(tl.int64) * M + rows[None, :], alpha, mask=valid)
         if HAS_STATS:
             wsum_acc += tl.sum(tl.where(valid, alpha, 0.0), axis=1)
+            lse = run_max + tl.log(run_sum)
             log_alpha = tl.where(valid, logits - lse[None, :], 0.0)
             plogp = tl.where(alpha > 0, alpha * log_alpha, 0.0)
             ent_acc -= tl.sum(plogp, axis=0)

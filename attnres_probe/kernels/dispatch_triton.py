@@ -31,7 +31,8 @@ from attnres_probe.kernels.block_attnres import (
     BlockWeightsFunction,
 )
 from attnres_probe.kernels.reference import DepthStats, NormStats
-from attnres_probe.kernels.rms_norm import AddRMSNormFunction, RMSNormFunction
+from attnres_probe.kernels.rms_norm import AddRMSNormFunction
+from attnres_probe.kernels.rms_norm import rms_norm as triton_rms_norm
 
 __all__ = ["rms_norm", "add_rms_norm", "attnres", "block_attnres_phase1", "block_attnres_phase2"]
 
@@ -43,14 +44,11 @@ def _use_reference(*tensors: torch.Tensor | None) -> bool:
 def rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, stats: NormStats | None = None
 ) -> torch.Tensor:
-    """x [*, D], weight [D] -> x / sqrt(mean(x²) + eps) * weight (see ``reference.rms_norm``).
-
-    stats.grad_sq receives Σ of the squared gradient that reaches x through this norm.
-    """
+    """x [*, D], weight [D] -> x / sqrt(mean(x²) + eps) * weight (see ``reference.rms_norm``)."""
     if _use_reference(x, weight):
         return reference.rms_norm(x, weight, eps, stats)
     sq, grad_sq = (None, None) if stats is None else (stats.sq, stats.grad_sq)
-    return RMSNormFunction.apply(x, weight, eps, sq, grad_sq)
+    return triton_rms_norm(x, weight, eps, sq, grad_sq)
 
 
 def add_rms_norm(
@@ -93,6 +91,8 @@ class _Phase1Record:
     rms: torch.Tensor  # [n, *] float32
 
 
+# Keyed by the storage of the lse tensor: phase 2 is handed a view of it (lse[s]). A live lse
+# keeps its storage, so a key cannot be reused while its record is reachable.
 _PHASE1: dict[int, _Phase1Record] = {}
 
 
@@ -103,7 +103,7 @@ def block_attnres_phase1(
     if _use_reference(blocks, queries):
         return reference.block_attnres_phase1(blocks, queries, eps)
     out, lse, logits, rms = BlockPhase1Function.apply(blocks, queries, eps)
-    key = id(lse)
+    key = lse.untyped_storage().data_ptr()
     _PHASE1[key] = _Phase1Record(
         weakref.ref(lse), weakref.ref(blocks), weakref.ref(queries), logits, rms
     )
@@ -125,13 +125,13 @@ def _phase1_by_products(
     blocks: torch.Tensor, phase1_lse: torch.Tensor, query: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits [n, *], rms [n, *]) of ``query`` over ``blocks``: phase 1's, or formed anew."""
-    base = phase1_lse._base if phase1_lse._base is not None else phase1_lse
-    record = _PHASE1.get(id(base))
-    if record is not None and record.lse() is base and record.blocks() is blocks:
-        s = _row_of(phase1_lse, base)
-        queries = record.queries()
-        if s is not None and queries is not None and _row_of(query, queries) == s:
-            return record.logits[s], record.rms
+    record = _PHASE1.get(phase1_lse.untyped_storage().data_ptr())
+    if record is not None:
+        lse, queries = record.lse(), record.queries()
+        if lse is not None and queries is not None and record.blocks() is blocks:
+            s = _row_of(phase1_lse, lse)
+            if s is not None and _row_of(query, queries) == s:
+                return record.logits[s], record.rms
     _, _, logits, rms = BlockPhase1Function.apply(blocks, query.unsqueeze(0), eps)
     return logits[0], rms
 

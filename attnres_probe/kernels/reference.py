@@ -126,10 +126,12 @@ def block_attnres_phase1(
     bf = _acc(blocks)
     rms = torch.sqrt(bf.pow(2).mean(-1) + eps)  # [n, *]
     keys = bf / rms.unsqueeze(-1)
-    logits = torch.einsum("n...d,sd->sn...", keys, _acc(queries))  # [S, n, *]
-    lse = torch.logsumexp(logits, dim=1)  # [S, *]
-    weights = torch.exp(logits - lse.unsqueeze(1))
-    out = torch.einsum("sn...,n...d->s...d", weights, bf)
+    # The einsums would otherwise run in bfloat16 under autocast (lse must stay float32).
+    with torch.autocast(blocks.device.type, enabled=False):
+        logits = torch.einsum("n...d,sd->sn...", keys, _acc(queries))  # [S, n, *]
+        lse = torch.logsumexp(logits, dim=1)  # [S, *]
+        weights = torch.exp(logits - lse.unsqueeze(1))
+        out = torch.einsum("sn...,n...d->s...d", weights, bf)
     return out.to(blocks.dtype), lse
 
 

@@ -9,9 +9,11 @@ Statistics (``reference.NormStats``) are by-products: the forward kernel already
 row for the RMS, the backward kernel already holds ∂L/∂h; each program adds its partial sums into
 the float32 slots with one atomic add. Without slots the kernels are compiled without that code.
 
-Backward statistic: the add variant sees the whole gradient of h (the gradient of the returned h
-arrives with ∂L/∂y), so Σ(∂L/∂h)² is exact. The plain variant sees the gradient that flows back
-through the norm, which is the whole gradient of x whenever the norm is x's only consumer.
+Backward statistic Σ(∂L/∂h)² counts the whole gradient of the stream, from all its consumers.
+The add variant's backward kernel holds exactly that (the gradient of the returned h arrives
+with ∂L/∂y), so it reduces it in the same pass. The plain variant's backward sees only the part
+that flows through the norm (the embedding, say, also feeds the residual add), so its statistic
+is taken by :func:`sum_squares` in a hook on x, once autograd has summed x's gradient.
 """
 
 from __future__ import annotations
@@ -123,6 +125,30 @@ def _rms_norm_bwd_kernel(
         tl.atomic_add(grad_sq_ptr, tl.sum(gsq_acc, axis=0))
 
 
+@triton.jit
+def _sum_squares_kernel(x_ptr, out_ptr, M, D, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid = tl.program_id(0)
+    n_progs = tl.num_programs(0)
+    cols = tl.arange(0, BLOCK_D)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for tile in range(pid, tl.cdiv(M, BLOCK_M), n_progs):
+        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask = (rows < M)[:, None] & (cols < D)[None, :]
+        x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * D + cols[None, :], mask=mask, other=0.0)
+        x = x.to(tl.float32)
+        acc += x * x
+    tl.atomic_add(out_ptr, tl.sum(tl.sum(acc, axis=1), axis=0))
+
+
+def sum_squares(x: torch.Tensor, out: torch.Tensor) -> None:
+    """out [1] float32 += Σ x² over every element of x [*, D] (no host sync)."""
+    launch.check_launchable(x, out)
+    x2 = launch.rows(x)
+    m, d = x2.shape
+    bd, bm, g, warps = _tiles(m, d, x.device)
+    _sum_squares_kernel[(g,)](x2, out, m, d, BLOCK_M=bm, BLOCK_D=bd, num_warps=warps)
+
+
 def _tiles(m: int, d: int, device: torch.device) -> tuple[int, int, int, int]:
     bd = launch.block_d(d)
     bm = launch.block_m(bd)
@@ -214,25 +240,36 @@ def rms_norm_backward(
 
 
 class RMSNormFunction(torch.autograd.Function):
-    """y = rms_norm(x) · weight with optional statistics slots (float32 [1] views)."""
+    """y = rms_norm(x) · weight; ``sq`` [1] float32 or None receives Σx²."""
 
     @staticmethod
-    def forward(ctx, x, weight, eps, sq, grad_sq):
+    def forward(ctx, x, weight, eps, sq):
         shape = x.shape
         x2 = launch.rows(x)
         y, _, rstd = rms_norm_forward(x2, None, weight, eps, sq)
         ctx.save_for_backward(x2, rstd, weight)
-        ctx.grad_sq = grad_sq
         ctx.x_dtype = x.dtype
         return y.view(shape)
 
     @staticmethod
     def backward(ctx, dy):
         x2, rstd, weight = ctx.saved_tensors
-        dx, _, dw = rms_norm_backward(
-            launch.rows(dy), None, x2, rstd, weight, ctx.x_dtype, grad_sq=ctx.grad_sq
-        )
-        return dx.view(dy.shape), dw, None, None, None
+        dx, _, dw = rms_norm_backward(launch.rows(dy), None, x2, rstd, weight, ctx.x_dtype)
+        return dx.view(dy.shape), dw, None, None
+
+
+def rms_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    sq: torch.Tensor | None = None,
+    grad_sq: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """x [*, D], weight [D] -> rms_norm(x) · weight; sq += Σx², and grad_sq += Σ(∂L/∂x)² once
+    x's whole gradient is known."""
+    if grad_sq is not None and x.requires_grad:
+        x.register_hook(lambda g: sum_squares(g, grad_sq))
+    return RMSNormFunction.apply(x, weight, eps, sq)
 
 
 class AddRMSNormFunction(torch.autograd.Function):

@@ -1,0 +1,60 @@
+"""What the kernel parity tests share: fresh seeds, relative errors, tolerances, gradients."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import torch
+
+# ‖Δ‖ / ‖reference‖ (Frobenius) allowed per input dtype.
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+def fresh_seed() -> int:
+    """Seed torch from the OS (or ATTNRES_PROBE_TEST_SEED) and print it: pytest shows the
+    line for a failing test, and the variable replays that exact run."""
+    given = os.environ.get("ATTNRES_PROBE_TEST_SEED")
+    seed = int(given) if given else int.from_bytes(os.urandom(4), "little")
+    torch.manual_seed(seed)
+    print(f"seed={seed}  (replay: ATTNRES_PROBE_TEST_SEED={seed})")
+    return seed
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """‖actual − expected‖ / ‖expected‖ in float64; inf where actual has a NaN the other lacks."""
+    a, e = actual.detach().double(), expected.detach().double()
+    if a.shape != e.shape:
+        raise AssertionError(f"shape {tuple(a.shape)} != expected {tuple(e.shape)}")
+    if torch.isnan(a).any() and not torch.isnan(e).any():
+        return float("inf")
+    return ((a - e).norm() / e.norm().clamp_min(1e-30)).item()
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str) -> None:
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    err = rel_err(actual, expected)
+    assert err < tol, f"{what}: relative error {err:.3g} >= {tol:g}"
+
+
+def leaves(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """Fresh leaf copies that require grad (None stays None)."""
+    return [None if t is None else t.detach().clone().requires_grad_() for t in tensors]
+
+
+def outputs_and_grads(
+    fn: Callable[..., Sequence[torch.Tensor]],
+    inputs: Sequence[torch.Tensor | None],
+    upstream: Sequence[torch.Tensor] | None = None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor | None], list[torch.Tensor]]:
+    """Run ``fn`` on leaf copies of ``inputs``; backpropagate ``upstream`` (random when None)
+    into every output. Returns (outputs, input grads, the upstream grads used)."""
+    xs = leaves(*inputs)
+    outs = list(fn(*xs))
+    if upstream is None:
+        upstream = [torch.randn(o.shape).to(o.dtype) for o in outs]
+    present = [x for x in xs if x is not None]
+    grads = torch.autograd.grad(outs, present, list(upstream), allow_unused=True)
+    by_input = iter(grads)
+    return outs, [None if x is None else next(by_input) for x in xs], list(upstream)

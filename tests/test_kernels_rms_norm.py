@@ -1,0 +1,137 @@
+"""Fused (residual-add +) RMSNorm kernel against the reference, through the Triton interpreter."""
+
+import pytest
+import torch
+from kernel_checks import DTYPES, TOLERANCE, assert_close, fresh_seed, outputs_and_grads
+
+from attnres_probe.kernels import dispatch_triton, launch, reference
+from attnres_probe.kernels.reference import NormStats
+
+# One token; token counts that are not multiples of the tile (64 rows here); odd widths.
+# (Width 1 is left out: x/rms(x) is then ±1 and its gradient pure cancellation.)
+SHAPES = [(1, 8), (70, 33), (2, 35, 97), (13, 64)]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    fresh_seed()
+
+
+def _stats() -> NormStats:
+    return NormStats(sq=torch.zeros(1), grad_sq=torch.zeros(1))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rms_norm_matches_reference_forward_and_gradients(shape, dtype):
+    tol = TOLERANCE[dtype]
+    x = (torch.randn(shape) * 3).to(dtype)
+    weight = torch.randn(shape[-1])
+    stats = _stats()
+    with launch.poisoned_outputs():
+        (y,), (dx, dw), upstream = outputs_and_grads(
+            lambda x, w: (dispatch_triton.rms_norm(x, w, 1e-6, stats),), (x, weight)
+        )
+    (y_ref,), (dx_ref, dw_ref), _ = outputs_and_grads(
+        lambda x, w: (reference.rms_norm(x, w, 1e-6),), (x, weight), upstream
+    )
+    assert_close(y, y_ref, tol, "y")
+    assert_close(dx, dx_ref, tol, "dx")
+    assert_close(dw, dw_ref, tol, "dweight")
+    # Statistics against torch, computed apart from either implementation.
+    assert_close(stats.sq, x.double().pow(2).sum().float().reshape(1), 1e-5, "Σx²")
+    assert_close(stats.grad_sq, dx_ref.double().pow(2).sum().float().reshape(1), tol, "Σdx²")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_add_rms_norm_matches_reference_forward_and_gradients(shape, dtype):
+    tol = TOLERANCE[dtype]
+    x = torch.randn(shape).to(dtype)
+    update = (torch.randn(shape) * 2).to(dtype)
+    weight = torch.randn(shape[-1])
+    stats = _stats()
+    with launch.poisoned_outputs():
+        (y, h), grads, upstream = outputs_and_grads(
+            lambda x, u, w: dispatch_triton.add_rms_norm(x, u, w, 1e-6, stats), (x, update, weight)
+        )
+    (y_ref, h_ref), grads_ref, _ = outputs_and_grads(
+        lambda x, u, w: reference.add_rms_norm(x, u, w, 1e-6), (x, update, weight), upstream
+    )
+    assert_close(y, y_ref, tol, "y")
+    assert_close(h, h_ref, tol, "h")
+    for name, g, g_ref in zip(("dx", "dupdate", "dweight"), grads, grads_ref, strict=True):
+        assert_close(g, g_ref, tol, name)
+    h64 = x.double() + update.double()
+    assert_close(stats.sq, h64.pow(2).sum().float().reshape(1), tol, "Σh²")
+    # ∂L/∂h is what reaches x (h = x + update): both of h's uses, the norm and h itself.
+    assert_close(stats.grad_sq, grads_ref[0].double().pow(2).sum().float().reshape(1), tol, "Σdh²")
+
+
+def test_add_rms_norm_keeps_the_promoted_stream_dtype_and_each_input_its_own_grad_dtype():
+    x = torch.randn(4, 9, 48)  # float32 stream
+    update = torch.randn(4, 9, 48).bfloat16()  # a bfloat16 sublayer output (autocast)
+    weight = torch.randn(48)
+    (y, h), (dx, du, dw), upstream = outputs_and_grads(
+        lambda x, u, w: dispatch_triton.add_rms_norm(x, u, w), (x, update, weight)
+    )
+    (y_ref, h_ref), (dx_ref, du_ref, dw_ref), _ = outputs_and_grads(
+        lambda x, u, w: reference.add_rms_norm(x, u, w), (x, update, weight), upstream
+    )
+    assert (y.dtype, h.dtype, dx.dtype, du.dtype) == (
+        y_ref.dtype,
+        h_ref.dtype,
+        x.dtype,
+        du_ref.dtype,
+    )
+    assert du.dtype == torch.bfloat16
+    assert_close(y, y_ref, 1e-5, "y")
+    assert_close(dx, dx_ref, 1e-5, "dx")
+    assert_close(du, du_ref, 1e-2, "dupdate")
+    assert_close(dw, dw_ref, 1e-5, "dweight")
+
+
+def test_plain_norm_gradient_statistic_counts_every_consumer_of_x():
+    x = torch.randn(3, 10, 24, requires_grad=True)
+    stats = _stats()
+    y = dispatch_triton.rms_norm(x, torch.randn(24), 1e-6, stats)
+    # x also feeds something besides the norm (as the embedding feeds the residual stream).
+    (y.square().sum() + (x * torch.randn(3, 10, 24)).sum()).backward()
+    torch.testing.assert_close(stats.grad_sq, x.grad.pow(2).sum().reshape(1))
+
+
+def test_statistics_add_to_what_the_slots_already_hold():
+    x = torch.randn(5, 40)
+    stats = NormStats(sq=torch.full((1,), 7.0), grad_sq=torch.full((1,), 3.0))
+    xs = x.clone().requires_grad_()
+    dispatch_triton.rms_norm(xs, torch.ones(40), 1e-6, stats).sum().backward()
+    torch.testing.assert_close(stats.sq, 7.0 + x.pow(2).sum().reshape(1))
+    torch.testing.assert_close(stats.grad_sq, 3.0 + xs.grad.pow(2).sum().reshape(1))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy, on NaN
+def test_nan_and_inf_rows_come_out_nan_where_the_reference_has_nan_and_nothing_crashes():
+    x = torch.randn(6, 33)
+    x[1, 4] = float("nan")
+    x[4, 0] = float("inf")
+    weight = torch.randn(33)
+    xs = x.clone().requires_grad_()
+    y = dispatch_triton.rms_norm(xs, weight, 1e-6, _stats())
+    y.sum().backward()
+    y_ref = reference.rms_norm(x, weight)
+    assert torch.equal(torch.isnan(y), torch.isnan(y_ref))
+    assert torch.isnan(y[1]).all() and torch.isnan(y[4]).any()
+    clean = [0, 2, 3, 5]
+    torch.testing.assert_close(y[clean], y_ref[clean])
+    assert torch.isfinite(xs.grad[clean]).all()
+
+
+@pytest.mark.parametrize("add", [False, True])
+def test_reference_gradients_pass_gradcheck_in_float64(add):
+    x = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    u = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(7, dtype=torch.float64, requires_grad=True)
+    if add:
+        assert torch.autograd.gradcheck(lambda x, u, w: reference.add_rms_norm(x, u, w), (x, u, w))
+    else:
+        assert torch.autograd.gradcheck(lambda x, w: reference.rms_norm(x, w), (x, w))

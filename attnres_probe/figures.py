@@ -334,13 +334,14 @@ def pruning(
     for name, ds in runs.items():
         try:
             compared[name] = pruning_analysis.compare_with_proxies(ds, granularity, fraction)
-        except AnalysisError as err:
+        except AnalysisError:
             if len(runs) == 1:
                 raise
-            compared.setdefault("_skipped", []).append(f"{name}: {err}")
-    skipped = compared.pop("_skipped", [])
     if not compared:
-        raise AnalysisError("no run has pruning results: " + "; ".join(skipped))
+        raise AnalysisError(
+            f"none of {', '.join(runs)} has pruning results by {granularity}; run "
+            f"`attnres-probe prune RUN --granularity {granularity}` first"
+        )
 
     def rho_line(proxy: str) -> str:
         parts = [

@@ -74,7 +74,7 @@ def _rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     if p := s.get("most_prunable"):
         key = "loss_increase" if "loss_increase" in p["layers"][0] else "block_influence"
         units = ", ".join(f"{u['unit']} ({_fmt(u[key], 3)})" for u in p["layers"])
-        rows.append((f"most prunable (by {p['by']})", units))
+        rows.append(("most prunable layers", f"{units} (by {p['by']})"))
         if p.get("spearman"):
             rho = ", ".join(f"{k} {_fmt(v, 2)}" for k, v in p["spearman"].items())
             rows.append(("proxy Spearman ρ", rho))
@@ -92,6 +92,7 @@ def info(
 ) -> None:
     """Summarise a run: model, steps recorded and its headline depth-dynamics numbers."""
     from rich.table import Table
+    from rich.text import Text
 
     with library_errors():
         from attnres_probe.analysis.summary import run_summary
@@ -110,7 +111,7 @@ def info(
     table.add_column(style="bold")
     table.add_column()
     for label, value in _rows(summary):
-        table.add_row(label, value)
+        table.add_row(Text(label), Text(value))  # Text: names like [by …] are not markup
     out_console.print(table)
 
 

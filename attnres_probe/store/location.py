@@ -1,0 +1,164 @@
+"""Where a run lives: its directory and its Zarr store, on the local disk or at an fsspec URL.
+
+The few file operations the store needs beyond zarr (existence, raw bytes of ``zarr.json``,
+listings for chunk checks, temp-file clean-up, modification times) on either kind of place.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import zarr
+
+from attnres_probe.store.schema import STORE_NAME, RunNotFoundError
+
+TEMP_SUFFIX = ".partial"  # zarr's LocalStore writes FILE.<uuid>.partial, then renames it
+
+
+def is_url(text: str) -> bool:
+    return "://" in text and not text.startswith("file://")
+
+
+@dataclass(frozen=True)
+class Location:
+    """A run: ``run_dir`` holds ``store`` (or ``store`` is a bare ``*.zarr`` given directly).
+    Both are local paths, or URLs with ``fs`` the fsspec filesystem serving them."""
+
+    shown: str  # the run as the caller named it, for messages
+    run_dir: str
+    store: str
+    fs: Any = None
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def of(path: Any, storage_options: Mapping[str, Any] | None = None) -> Location:
+        """Where ``path`` (a run directory or a ``.zarr`` store) puts its store."""
+        shown = os.fspath(path)
+        text = shown[len("file://") :] if shown.startswith("file://") else shown
+        options = dict(storage_options or {})
+        fs = None
+        if is_url(text):
+            import fsspec
+
+            fs, _ = fsspec.core.url_to_fs(text, **options)
+        text = text.rstrip("/") or "/"
+        if text.endswith(".zarr"):
+            parent = text.rsplit("/", 1)[0] if "/" in text else "."
+            return Location(shown, parent, text, fs, options)
+        return Location(shown, text, f"{text}/{STORE_NAME}", fs, options)
+
+    def bare(self, store: str) -> Location:
+        """The same run with its store at ``store`` (a bare store not named ``*.zarr``)."""
+        return Location(self.shown, self.run_dir, store, self.fs, self.storage_options)
+
+    # -- paths
+
+    def _fs(self, target: str) -> str:
+        return self.fs._strip_protocol(target) if self.fs is not None else target
+
+    def key(self, key: str) -> str:
+        """The full path (or URL) of store key ``key``."""
+        return f"{self.store}/{key}" if key else self.store
+
+    # -- queries
+
+    def exists(self, target: str) -> bool:
+        if self.fs is not None:
+            return self.fs.exists(self._fs(target))
+        return os.path.exists(target)
+
+    def is_dir(self, target: str) -> bool:
+        if self.fs is not None:
+            return self.fs.isdir(self._fs(target))
+        return os.path.isdir(target)
+
+    def read(self, key: str) -> bytes | None:
+        """Bytes of store file ``key`` (None when it does not exist)."""
+        try:
+            if self.fs is not None:
+                return self.fs.cat_file(self._fs(self.key(key)))
+            with open(self.key(key), "rb") as f:
+                return f.read()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+
+    def children(self) -> list[str]:
+        """Names of the store's child directories (its arrays), sorted."""
+        if self.fs is not None:
+            entries = self.fs.ls(self._fs(self.store), detail=True)
+            names = (e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries)
+            kinds = (e["type"] for e in entries)
+            return sorted(n for n, k in zip(names, kinds, strict=True) if k == "directory")
+        with os.scandir(self.store) as it:
+            return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+
+    def _walk(self, key: str) -> list[str]:
+        """Every file below store key ``key`` (a directory), relative to it."""
+        base = self.key(key)
+        if self.fs is not None:
+            root = self._fs(base).rstrip("/")
+            if not self.fs.isdir(root):
+                return []
+            return [p[len(root) :].lstrip("/") for p in self.fs.find(root)]
+        out = []
+        for dirpath, _, names in os.walk(base):
+            rel = os.path.relpath(dirpath, base).replace(os.sep, "/")
+            out.extend(n if rel == "." else f"{rel}/{n}" for n in names)
+        return out
+
+    def files(self, key: str) -> set[str]:
+        """Files below array directory ``key``, relative to it, temp files excluded."""
+        return {f for f in self._walk(key) if not f.endswith(TEMP_SUFFIX)}
+
+    def temp_files(self) -> list[str]:
+        """Leftover temp files of interrupted atomic writes, as store keys."""
+        return sorted(f for f in self._walk("") if f.endswith(TEMP_SUFFIX))
+
+    def remove(self, key: str) -> None:
+        if self.fs is not None:
+            self.fs.rm_file(self._fs(self.key(key)))
+        else:
+            os.unlink(self.key(key))
+
+    def mtime(self, key: str) -> float | None:
+        """Modification time of a store file (None when the filesystem does not say)."""
+        try:
+            if self.fs is None:
+                return os.stat(self.key(key)).st_mtime
+            info = self.fs.info(self._fs(self.key(key)))
+        except OSError:
+            return None
+        for name in ("mtime", "LastModified", "last_modified", "created", "updated"):
+            value = info.get(name)
+            if isinstance(value, int | float):
+                return float(value)
+            if hasattr(value, "timestamp"):
+                return float(value.timestamp())
+        return None
+
+    def zarr_store(self, read_only: bool):
+        """A zarr store object for the run's store."""
+        if self.fs is None:
+            return zarr.storage.LocalStore(self.store, read_only=read_only)
+        return zarr.storage.FsspecStore.from_url(
+            self.store, storage_options=dict(self.storage_options) or None, read_only=read_only
+        )
+
+
+def locate(path: Any, storage_options: Mapping[str, Any] | None = None) -> Location:
+    """The location of an existing run; RunNotFoundError when there is none at ``path``."""
+    loc = Location.of(path, storage_options)
+    given_store = loc.shown.rstrip("/").endswith(".zarr")
+    if not loc.exists(loc.store if given_store else loc.run_dir):
+        raise RunNotFoundError(f"run {loc.shown} does not exist; check the path")
+    if loc.is_dir(loc.store):
+        return loc
+    if not given_store and loc.exists(f"{loc.run_dir}/zarr.json"):
+        return loc.bare(loc.run_dir)
+    raise RunNotFoundError(
+        f"run {loc.shown} is not a run: it holds no {STORE_NAME}; pass a run directory "
+        "written by the probe (or its .zarr store)"
+    )

@@ -1,0 +1,336 @@
+"""Reading a run: :func:`open_run` gives the recording as an ``xarray.Dataset``.
+
+The reader trusts only the commit marker: every per-step array is cut to ``n_steps``, so a
+run being written reads as a consistent prefix of complete steps. Damage that leaves the
+rest readable gives a partial read — a chunk that is missing or fails its checksum is NaN,
+an unusable variable is left out — announced by a :class:`RunStoreWarning` and recorded in
+``ds.attrs['dropped']``. Anything else raises :class:`RunStoreError`, never zarr's own errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import warnings
+from collections.abc import Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import zarr
+
+from attnres_probe.store.header import effective_status, open_group, read_header
+from attnres_probe.store.location import Location, locate
+from attnres_probe.store.schema import (
+    HIDDEN_ATTRS,
+    LAZY_BYTES,
+    ROLE_KEY,
+    STEP,
+    RunStoreError,
+    RunStoreWarning,
+    as_public,
+    dims_of,
+    role,
+    run_error,
+)
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+MAX_CHUNKS = 200_000  # more chunks than this in one array means its metadata is damaged
+MAX_ELEMENTS = 2**31
+
+
+# ----------------------------------------------------------------------------- chunks
+
+
+def missing_rows(loc: Location, name: str, arr, rows: int) -> list[tuple[int, int]]:
+    """Ranges [first, end) along the first dim whose chunk files are missing from array
+    ``name`` (considering rows [0, rows) only; a 0-d array is one chunk)."""
+    chunks = arr.chunks
+    extent = (rows, *arr.shape[1:]) if arr.ndim else ()
+    counts = [math.ceil(e / c) if c else 0 for e, c in zip(extent, chunks, strict=True)]
+    if math.prod(counts) > MAX_CHUNKS:
+        raise RunStoreError(f"{math.prod(counts)} chunks: its chunk metadata is damaged")
+    present = loc.files(name)
+    missing = set()
+    for coords in itertools.product(*(range(c) for c in counts)):
+        if arr.metadata.encode_chunk_key(coords) not in present:
+            first = coords[0] * chunks[0] if coords else 0
+            missing.add((first, min(first + chunks[0], rows) if coords else 0))
+    return sorted(missing)
+
+
+def describe_spans(spans: list[tuple[int, int]]) -> str:
+    shown = [f"{a}–{b - 1}" if b - a > 1 else f"{a}" for a, b in spans[:4]]
+    return ", ".join(shown) + (f" and {len(spans) - 4} more" if len(spans) > 4 else "")
+
+
+def _read_rows(arr, rows: int | None, name: str, notes: list[str]) -> np.ndarray:
+    """``arr[:rows]`` (all of it for rows=None); float chunks that fail to decode are NaN."""
+    try:
+        return np.asarray(arr[slice(0, rows) if rows is not None else ...])
+    except Exception as err:  # noqa: BLE001 - damaged bytes surface as many error types
+        if rows is None or arr.dtype.kind != "f":
+            raise
+        first_error = f"{type(err).__name__}: {err}"
+    out = np.full((rows, *arr.shape[1:]), np.nan, dtype=arr.dtype)
+    bad, length = [], arr.chunks[0]
+    for a in range(0, rows, length):
+        b = min(a + length, rows)
+        try:
+            out[a:b] = arr[a:b]
+        except Exception:  # noqa: BLE001
+            bad.append((a, b))
+    notes.append(
+        f"{name}: damaged chunk(s) at step index {describe_spans(bad)} read as NaN ({first_error})"
+    )
+    return out
+
+
+_LAZY_CLASS: type | None = None
+
+
+def _lazy(arr, rows: int, name: str, shown: str):
+    """A lazily indexed view of ``arr[:rows]``: only what is selected is ever read."""
+    global _LAZY_CLASS
+    from xarray.backends import BackendArray
+    from xarray.core import indexing
+
+    if _LAZY_CLASS is None:
+
+        class LazyStepArray(BackendArray):
+            def __init__(self, array, rows, name, shown):
+                self.array, self.name, self.shown = array, name, shown
+                self.shape = (rows, *array.shape[1:])
+                self.dtype = np.dtype(array.dtype)
+
+            def __getitem__(self, key):
+                return indexing.explicit_indexing_adapter(
+                    key, self.shape, indexing.IndexingSupport.OUTER, self._raw
+                )
+
+            def _raw(self, key):
+                try:
+                    return np.asarray(self.array.oindex[key])
+                except Exception as err:  # noqa: BLE001
+                    raise run_error(
+                        self.shown,
+                        f"reading {self.name!r} failed ({type(err).__name__}: {err})",
+                        "open_run(..., lazy=False) reads its damaged chunks as NaN",
+                    ) from None
+
+        _LAZY_CLASS = LazyStepArray
+    return indexing.LazilyIndexedArray(_LAZY_CLASS(arr, rows, name, shown))
+
+
+# ----------------------------------------------------------------------------- variables
+
+
+def _step_coordinate(loc: Location, arr, dims, n: int, notes: list[str]):
+    """(step labels, usable step count): steps past a damaged step coordinate are dropped."""
+    if dims != (STEP,) or arr.dtype.kind not in "iu":
+        notes.append(f"step: left out, {dims} {arr.dtype} is not a step coordinate")
+        return None, n
+    if arr.shape[0] < n:
+        notes.append(f"steps {arr.shape[0]}–{n - 1}: dropped, the step coordinate ends there")
+        n = arr.shape[0]
+    bad = missing_rows(loc, STEP, arr, n)
+    try:
+        steps = np.asarray(arr[:n])
+    except Exception:  # noqa: BLE001 - keep what precedes the first damaged chunk
+        parts, length = [], arr.chunks[0]
+        for a in range(0, n, length):
+            try:
+                parts.append(np.asarray(arr[a : min(a + length, n)]))
+            except Exception:  # noqa: BLE001
+                bad.append((a, min(a + length, n)))
+                break
+        steps = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    if bad:
+        cut = min(a for a, _ in bad)
+        if cut < n:
+            notes.append(f"steps {cut}–{n - 1}: dropped, the step coordinate is damaged there")
+        n = cut
+    return steps[:n], n
+
+
+def _is_lazy(lazy, name: str, nbytes: int) -> bool:
+    if lazy is None:
+        return nbytes > LAZY_BYTES
+    if isinstance(lazy, bool):
+        return lazy
+    return name in lazy
+
+
+def _variable(loc: Location, name: str, arr, dims, n: int, lazy, notes: list[str]):
+    """One stored array as an xarray Variable (step arrays cut to ``n``); None if unusable."""
+    import xarray as xr
+
+    per_step = dims[0] == STEP
+    try:
+        rows = min(n, arr.shape[0]) if per_step else None
+        extent = (rows, *arr.shape[1:]) if per_step else arr.shape
+        if math.prod(extent) > MAX_ELEMENTS:
+            raise RunStoreError(f"its shape {arr.shape} is implausibly large")
+        missing = missing_rows(loc, name, arr, extent[0] if extent else 0)
+        if missing and not per_step:
+            raise RunStoreError("its data chunk is missing")
+        if missing:
+            spans = describe_spans(missing)
+            notes.append(f"{name}: chunk(s) missing at step index {spans}, read as NaN")
+        nbytes = math.prod(extent) * np.dtype(arr.dtype).itemsize
+        if per_step and _is_lazy(lazy, name, nbytes):
+            values = _lazy(arr, rows, name, loc.shown)
+        else:
+            values = as_public(_read_rows(arr, rows, name, notes))
+        if per_step and rows < n:
+            if arr.dtype.kind != "f":
+                raise RunStoreError(f"it holds {rows} of the {n} committed steps")
+            notes.append(f"{name}: steps {rows}–{n - 1} are missing on disk, read as NaN")
+            pad = np.full((n - rows, *arr.shape[1:]), np.nan, arr.dtype)
+            values = np.concatenate([np.asarray(values), pad])
+    except Exception as err:  # noqa: BLE001 - one damaged variable never sinks the run
+        notes.append(f"{name}: left out ({type(err).__name__}: {err})")
+        return None
+    attrs = {k: v for k, v in arr.attrs.items() if k not in (ROLE_KEY, "coordinates")}
+    return xr.Variable(dims, values, attrs=attrs)
+
+
+def _dataset(data_vars: dict, coords: dict, attrs: dict, notes: list[str]) -> xr.Dataset:
+    """The Dataset of what was read; variables whose sizes disagree are left out."""
+    import xarray as xr
+
+    try:
+        return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    except Exception:  # noqa: BLE001 - inconsistent sizes: keep whatever agrees
+        pass
+    ds = xr.Dataset(attrs=attrs)
+    for name, var in [*coords.items(), *data_vars.items()]:
+        try:
+            if name in coords:
+                ds = ds.assign_coords({name: var})
+            else:
+                ds[name] = var
+        except Exception as err:  # noqa: BLE001
+            notes.append(f"{name}: left out, its sizes disagree with the run ({err})")
+    return ds
+
+
+def _read(loc: Location, lazy) -> xr.Dataset:
+    header = read_header(loc)
+    n = header["n_steps"]
+    group = open_group(loc, "r")
+    notes: list[str] = []
+    arrays = {}
+    for name in loc.children():
+        try:
+            arr = group[name]
+        except Exception as err:  # noqa: BLE001
+            notes.append(f"{name}: left out, its zarr.json is unreadable ({type(err).__name__})")
+            continue
+        if isinstance(arr, zarr.Array):
+            dims = dims_of(arr)
+            if dims is None:
+                notes.append(f"{name}: left out, it has no usable dimension names")
+            else:
+                arrays[name] = (arr, dims)
+
+    steps = None
+    if STEP in arrays:
+        steps, n = _step_coordinate(loc, *arrays.pop(STEP), n, notes)
+    elif any(dims[0] == STEP for _, dims in arrays.values()):
+        notes.append("step: the step coordinate is missing, steps are numbered by position")
+
+    # Arrays are read side by side: zarr releases the GIL while it reads and checks chunks.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {
+            name: pool.submit(_variable, loc, name, arr, dims, n, lazy, notes)
+            for name, (arr, dims) in arrays.items()
+        }
+    coords, data_vars = {}, {}
+    for name, future in futures.items():
+        var = future.result()
+        if var is not None:
+            target = coords if role(arrays[name][0]) == "coordinate" else data_vars
+            target[name] = var
+    if steps is not None:
+        coords[STEP] = (STEP, steps)
+
+    attrs = {k: v for k, v in header.items() if k not in HIDDEN_ATTRS}
+    attrs["status"] = effective_status(loc, header)
+    ds = _dataset(data_vars, coords, attrs, notes)
+    ds.attrs["n_steps"] = n
+    if notes:
+        ds.attrs["dropped"] = "; ".join(sorted(notes))
+        message = f"run {loc.shown} was read in part: {ds.attrs['dropped']}"
+        warnings.warn(message, RunStoreWarning, stacklevel=3)
+    return ds
+
+
+# ----------------------------------------------------------------------------- public
+
+
+def open_run(
+    path: Any,
+    repair: bool = False,
+    lazy: bool | Collection[str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """The recording of a run as an ``xarray.Dataset``, up to its last committed flush.
+
+    path: the run directory or its ``.zarr`` store; a local path or an fsspec URL.
+    repair: first trim arrays a killed writer left longer than the commit marker and remove
+    its temp files (:func:`repair`); reading works without it.
+    lazy: which per-step variables stay on disk until selected — None: those over 128 MiB
+    (depth_weights of a very long run); True: all; False: none; or a set of names.
+
+    Dims step, sublayer, layer, source (and those of static variables); coords step,
+    sublayer with kind / layer_of, layer, source; attrs model_config (a JSON string, see
+    :func:`run_config`), residual, n_layers, versions, schema_version, run_name, n_steps,
+    status ('running', 'finished', or 'interrupted' when its writer stopped without
+    closing), and 'dropped' after a partial read of a damaged store.
+    Raises RunStoreError (RunNotFoundError for a wrong path) when the run cannot be read.
+    """
+    loc = locate(path, storage_options)
+    if repair:
+        from attnres_probe.store.repair import repair as repair_store
+
+        repair_store(path, storage_options=storage_options)
+    try:
+        return _read(loc, lazy)
+    except RunStoreError:
+        raise
+    except Exception as err:  # noqa: BLE001 - never a raw traceback from deep inside zarr
+        raise run_error(
+            loc.shown,
+            f"reading failed ({type(err).__name__}: {err})",
+            "try `attnres-probe info --repair RUN`; if that does not help the store is damaged",
+        ) from err
+
+
+def run_config(ds: xr.Dataset) -> dict[str, Any]:
+    """The run's model configuration (``ModelConfig.to_dict()``) from ``attrs['model_config']``."""
+    raw = ds.attrs.get("model_config")
+    name = ds.attrs.get("run_name", "run")
+    fix = "it was recorded without a model configuration"
+    if raw is None:
+        raise run_error(name, "it has no model_config attribute", fix)
+    try:
+        config = json.loads(raw) if isinstance(raw, str) else dict(raw)
+    except (TypeError, ValueError) as err:
+        raise run_error(name, f"its model_config is not a JSON object ({err})", fix) from None
+    if not isinstance(config, dict):
+        raise run_error(name, "its model_config is not a JSON object", fix)
+    return config
+
+
+def store_version(path: Any, storage_options: Mapping[str, Any] | None = None) -> str:
+    """A cheap token that changes whenever the run commits a flush, its status or its static
+    variables change (a cache key for dashboards): ``"{n_steps}-{hash of root zarr.json}"``."""
+    loc = locate(path, storage_options)
+    raw = loc.read("zarr.json")
+    header = read_header(loc, raw)
+    return f"{header['n_steps']}-{hashlib.blake2b(raw, digest_size=8).hexdigest()}"

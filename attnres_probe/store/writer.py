@@ -1,0 +1,522 @@
+"""Writing a run: :class:`RunWriter` appends recorded steps; static variables on the side.
+
+Every per-step array is chunked along ``step`` (``chunk_steps``, 256 by default) and the
+writer keeps the current chunk of every array in RAM. A flush rewrites that chunk of every
+array whole — one file write each, side by side, never a read-modify-write — and then
+commits by rewriting the root ``zarr.json`` with ``n_steps``. Arrays grow a chunk at a time
+ahead of the marker; ``close()`` trims them to it. A writer killed at any point leaves every
+committed flush readable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import warnings
+from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import numpy as np
+import zarr
+
+from attnres_probe.store.header import (
+    open_group,
+    read_header,
+    refuse_live,
+    writer_alive,
+    writer_identity,
+)
+from attnres_probe.store.location import Location, locate
+from attnres_probe.store.schema import (
+    CHUNK_MAX_BYTES,
+    CHUNK_TARGET_STEPS,
+    ROLE_KEY,
+    SCHEMA_VERSION,
+    STEP,
+    WRITER_KEY,
+    RunNotFoundError,
+    RunStoreError,
+    RunStoreWarning,
+    as_stored,
+    compressors,
+    dims_of,
+    role,
+    run_error,
+)
+
+
+def chunk_length(flush_every: int, row_bytes: int = 0) -> int:
+    """Steps per chunk: a multiple of ``flush_every`` near 256 steps, at most ~16 MiB of the
+    widest variable (``row_bytes`` per step) unless one flush alone is larger."""
+    per = max(1, math.ceil(CHUNK_TARGET_STEPS / flush_every))
+    if row_bytes:
+        per = min(per, max(1, CHUNK_MAX_BYTES // (row_bytes * flush_every)))
+    return flush_every * per
+
+
+def _check_name(name: Any, what: str) -> None:
+    if not isinstance(name, str) or not name or "/" in name or name.startswith((".", "__")):
+        raise RunStoreError(f"{what} name {name!r} is not usable; use a plain name like 'loss'")
+    if name == "zarr.json" or name.endswith(".partial"):
+        raise RunStoreError(f"{what} name {name!r} is reserved by the store; rename it")
+
+
+def _coords(coords: Mapping[str, Any] | None) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
+    """coords as {name: (dims, values)}; a bare array lies along its own dim."""
+    out = {}
+    for name, value in (coords or {}).items():
+        _check_name(name, "coordinate")
+        if isinstance(value, tuple) and len(value) == 2:
+            dims, values = value
+            dims = (dims,) if isinstance(dims, str) else tuple(dims)
+        else:
+            dims, values = (name,), value
+        data = as_stored(values)
+        if data.ndim != len(dims):
+            raise RunStoreError(
+                f"coordinate {name!r} has {data.ndim}-d values for dims {dims}; "
+                "pass (dims, values) with one dim name per axis"
+            )
+        if STEP in dims:
+            raise RunStoreError(f"coordinate {name!r} is along 'step'; the writer records step")
+        out[name] = (dims, data)
+    return out
+
+
+def _jsonable(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in attrs.items():
+        if key in ("model_config", "versions") and not isinstance(value, str):
+            value = json.dumps(value)
+        if isinstance(value, np.generic):
+            value = value.item()
+        elif isinstance(value, np.ndarray):
+            value = value.tolist()
+        try:
+            json.dumps(value)
+        except TypeError:
+            raise RunStoreError(
+                f"attribute {key!r}={value!r} is not JSON-serialisable; pass strings, numbers, "
+                "lists or dicts"
+            ) from None
+        out[str(key)] = value
+    return out
+
+
+def _versions() -> str:
+    found = {}
+    for pkg in ("attnres-probe", "zarr", "xarray", "numpy", "torch"):
+        try:
+            found[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    found["python"] = ".".join(map(str, sys.version_info[:3]))
+    return json.dumps(found)
+
+
+def _write_whole(group, name: str, data: np.ndarray, dims: tuple[str, ...], attrs: dict) -> None:
+    """A non-step array written in one chunk, replacing any array of that name."""
+    strings = isinstance(data.dtype, np.dtypes.StringDType)
+    arr = group.create_array(
+        name,
+        shape=data.shape,
+        chunks=tuple(max(1, s) for s in data.shape),
+        dtype=str if strings else data.dtype,
+        fill_value=np.nan if data.dtype.kind == "f" else None,
+        dimension_names=dims,
+        attributes=attrs,
+        compressors=compressors(),
+        overwrite=True,
+        config={"write_empty_chunks": True},
+    )
+    if data.size:
+        arr[...] = data
+
+
+def _write_statics(group, arrays, coords, attrs, sizes: Mapping[str, int], taken) -> None:
+    """Validate every static array and coordinate against the run's dim sizes, then write."""
+    sizes = dict(sizes)
+    prepared = [
+        (name, dims, data, {ROLE_KEY: "coordinate"})
+        for name, (dims, data) in _coords(coords).items()
+    ]
+    var_attrs = {ROLE_KEY: "variable", **_jsonable(attrs or {})}
+    for name, (dims, values) in arrays.items():
+        _check_name(name, "variable")
+        dims = (dims,) if isinstance(dims, str) else tuple(dims)
+        prepared.append((name, dims, as_stored(values), var_attrs))
+    for name, dims, data, _ in prepared:
+        if name in taken:
+            raise RunStoreError(f"{name!r} is already a per-step variable or coordinate; rename it")
+        if STEP in dims:
+            raise RunStoreError(
+                f"static {name!r} has a 'step' dim; record per-step values with append()"
+            )
+        if len(dims) != data.ndim:
+            raise RunStoreError(f"static {name!r}: dims {dims} do not match its shape {data.shape}")
+        for d, n in zip(dims, data.shape, strict=True):
+            if sizes.setdefault(d, n) != n:
+                raise RunStoreError(
+                    f"static {name!r} has {n} entries along {d!r} but the run's {d!r} has "
+                    f"{sizes[d]}; pass values of matching length"
+                )
+    for name, dims, data, array_attrs in prepared:
+        _write_whole(group, name, data, dims, array_attrs)
+
+
+class RunWriter:
+    """Appends recorded steps to a run, buffering in RAM and committing one flush at a time.
+
+    variables: {name: dims} with dims starting at 'step', e.g. ``{"hidden_rms": ("step",
+    "sublayer")}``; every other dim needs a coordinate in ``coords`` (for its length).
+    coords: {name: values} for a dimension coordinate, {name: (dim, values)} for one along
+    another dim (``"kind": ("sublayer", [...])``); :func:`schema_coords` builds the schema's.
+    attrs: root attributes (model_config, residual, n_layers, run_name, ...); the writer sets
+    schema_version, status and n_steps, and versions / run_name when not given.
+    mode: "w" replaces an existing recording, "w-" refuses to, "a" resumes after the last
+    committed step (same variables). storage_options: for fsspec URLs.
+
+    Values are stored as float32; a variable missing from a step is NaN; NaN/Inf are kept.
+    One process writes a run; a second writer on a live run is refused.
+    """
+
+    def __init__(
+        self,
+        path: Any,
+        variables: Mapping[str, Collection[str]],
+        coords: Mapping[str, Any] | None = None,
+        attrs: Mapping[str, Any] | None = None,
+        flush_every: int = 64,
+        storage_options: Mapping[str, Any] | None = None,
+        mode: str = "w",
+        chunk_steps: int | None = None,
+    ) -> None:
+        if isinstance(flush_every, bool) or not isinstance(flush_every, int) or flush_every < 1:
+            raise RunStoreError(f"flush_every={flush_every!r} must be a positive integer")
+        if mode not in ("w", "w-", "a"):
+            raise RunStoreError(f"mode={mode!r} is not a write mode; use 'w', 'w-' or 'a'")
+        self._loc = Location.of(path, storage_options)
+        self.flush_every = flush_every
+        self._variables = {name: tuple(dims) for name, dims in variables.items()}
+        self._coords = _coords(coords)
+        self._sizes = self._check_schema()
+        self._attrs = _jsonable(attrs or {})
+        widest = max(
+            (math.prod(self._sizes[d] for d in dims[1:]) for dims in self._variables.values()),
+            default=1,
+        )
+        self.chunk_steps = chunk_steps or chunk_length(flush_every, 4 * widest)
+        self._closed = False
+        exists = self._loc.exists(self._loc.key("zarr.json"))
+        if exists and mode == "w-":
+            raise run_error(
+                self._loc.shown, "it already has a recording", "pick a new path or mode='w'"
+            )
+        self._pool = ThreadPoolExecutor(max_workers=min(8, len(self._variables) + 1))
+        if mode == "a" and exists:
+            self._resume()
+        else:
+            self._create(exists)
+
+    # -- set-up
+
+    def _check_schema(self) -> dict[str, int]:
+        sizes: dict[str, int] = {}
+        for name, (dims, data) in self._coords.items():
+            for d, n in zip(dims, data.shape, strict=True):
+                if sizes.setdefault(d, n) != n:
+                    raise RunStoreError(
+                        f"coordinate {name!r} has {n} entries along {d!r} but another has "
+                        f"{sizes[d]}; make them equal"
+                    )
+        for name, dims in self._variables.items():
+            _check_name(name, "variable")
+            if name in self._coords or name == STEP:
+                raise RunStoreError(f"variable {name!r} has the name of a coordinate; rename it")
+            if not dims or dims[0] != STEP or STEP in dims[1:] or len(set(dims)) != len(dims):
+                raise RunStoreError(
+                    f"variable {name!r} has dims {dims}; per-step variables have 'step' first "
+                    "and once (store the others with write_static)"
+                )
+            for d in dims[1:]:
+                if d not in sizes:
+                    raise RunStoreError(
+                        f"variable {name!r}: dim {d!r} has no coordinate, so its length is "
+                        f"unknown; pass coords={{{d!r}: values}}"
+                    )
+        return sizes
+
+    def _create(self, exists: bool) -> None:
+        loc = self._loc
+        if exists:
+            try:
+                header = read_header(loc)
+            except RunStoreError:
+                header = {}  # a damaged recording is simply replaced
+            refuse_live(loc, header, "replacing its recording")
+        try:
+            self._group = zarr.open_group(loc.zarr_store(read_only=False), mode="w", zarr_format=3)
+        except Exception as err:  # noqa: BLE001 - any filesystem's failure, one clear error
+            raise run_error(
+                loc.shown,
+                f"cannot create its store ({type(err).__name__}: {err})",
+                "check the path is writable",
+            ) from err
+        run_name = loc.run_dir.rstrip("/").rsplit("/", 1)[-1]
+        attrs = {"run_name": run_name, "versions": _versions(), **self._attrs}
+        attrs.update(schema_version=SCHEMA_VERSION, status="running", n_steps=0)
+        attrs[WRITER_KEY] = writer_identity()
+        self._attrs = attrs
+        self._group.attrs.put(attrs)
+        for name, (dims, data) in self._coords.items():
+            _write_whole(self._group, name, data, dims, {ROLE_KEY: "coordinate"})
+        self._arrays = {STEP: self._step_array(STEP, (STEP,), np.int64, -1, "coordinate")}
+        for name, dims in self._variables.items():
+            self._arrays[name] = self._step_array(name, dims, np.float32, np.nan, "variable")
+        self._n = self._capacity = self._chunk_start = 0
+        self._reset_buffers()
+
+    def _step_array(self, name: str, dims, dtype, fill, array_role: str):
+        shape = tuple(self._sizes[d] for d in dims[1:])
+        attrs: dict[str, Any] = {ROLE_KEY: array_role}
+        non_dim = [c for c, (cd, _) in self._coords.items() if c not in cd and set(cd) <= set(dims)]
+        if non_dim:  # plain xarray then sees kind / layer_of as coordinates too
+            attrs["coordinates"] = " ".join(non_dim)
+        return self._group.create_array(
+            name,
+            shape=(0, *shape),
+            chunks=(self.chunk_steps, *shape),
+            dtype=dtype,
+            fill_value=fill,
+            dimension_names=dims,
+            attributes=attrs,
+            compressors=compressors(),
+            config={"write_empty_chunks": True},  # every chunk exists, so a lost one is noticed
+        )
+
+    def _resume(self) -> None:
+        from attnres_probe.store.repair import repair
+
+        loc = self._loc
+        refuse_live(loc, read_header(loc), "resuming it")
+        repair(loc.shown, storage_options=loc.storage_options, force=True)
+        attrs = read_header(loc)
+        self._group = open_group(loc, "r+")
+        self._n = attrs["n_steps"]
+        self._arrays = {}
+        for name in (STEP, *self._variables):
+            want = (STEP,) if name == STEP else self._variables[name]
+            try:
+                arr = self._group[name].with_config({"write_empty_chunks": True})
+            except KeyError:
+                if name == STEP:
+                    raise run_error(
+                        loc.shown, "it has no step coordinate", "record a new run"
+                    ) from None
+                arr = self._step_array(name, want, np.float32, np.nan, "variable")
+                arr.resize((self._n, *arr.shape[1:]))
+                if self._n:
+                    arr[: self._n] = np.nan
+            if dims_of(arr) != want:
+                raise run_error(
+                    loc.shown,
+                    f"its {name!r} has dims {dims_of(arr)}, not {want}",
+                    "resume with the same variables",
+                )
+            self._arrays[name] = arr
+        lengths = {a.chunks[0] for a in self._arrays.values()}
+        if len(lengths) != 1:
+            raise run_error(
+                loc.shown,
+                f"its step arrays have chunk lengths {sorted(lengths)}",
+                "record a new run",
+            )
+        self.chunk_steps = lengths.pop()
+        self._capacity = min(a.shape[0] for a in self._arrays.values())
+        self._chunk_start = (self._n // self.chunk_steps) * self.chunk_steps
+        self._reset_buffers()
+        self._filled = self._n - self._chunk_start
+        if self._filled:
+            for name, arr in self._arrays.items():
+                self._buffers[name][: self._filled] = arr[self._chunk_start : self._n]
+        attrs.update(self._attrs)
+        attrs.update(status="running")
+        attrs[WRITER_KEY] = writer_identity()
+        self._attrs = attrs
+        self._group.attrs.put(attrs)
+
+    def _reset_buffers(self) -> None:
+        self._buffers = {
+            name: np.full((self.chunk_steps, *arr.shape[1:]), arr.fill_value, dtype=arr.dtype)
+            for name, arr in self._arrays.items()
+        }
+        self._filled = 0
+        self._pending = 0
+
+    # -- recording
+
+    @property
+    def path(self) -> str:
+        """The run directory (or store) being written."""
+        return self._loc.run_dir
+
+    @property
+    def n_steps(self) -> int:
+        """Steps committed so far (buffered steps not included)."""
+        return self._n
+
+    def append(self, step: int, values: Mapping[str, Any]) -> None:
+        """Buffer one recorded step; each value shaped like its variable's dims after 'step'.
+
+        No I/O, except every ``flush_every`` steps when the buffer is flushed.
+        """
+        if self._closed:
+            raise run_error(self._loc.shown, "append() after close()", "open a new RunWriter")
+        row = self._filled
+        for name, value in values.items():
+            target = self._buffers.get(name)
+            if target is None or name == STEP:
+                raise RunStoreError(
+                    f"append(): {name!r} is not a variable of this run; its variables: "
+                    + ", ".join(sorted(self._variables))
+                )
+            value = np.asarray(value, dtype=np.float32)
+            if value.shape != target.shape[1:]:
+                raise RunStoreError(
+                    f"append(): {name!r} has shape {value.shape}, expected {target.shape[1:]} "
+                    f"for dims {self._variables[name][1:]}"
+                )
+            target[row] = value
+        self._buffers[STEP][row] = step
+        self._filled += 1
+        self._pending += 1
+        if self._pending >= self.flush_every or self._filled == self.chunk_steps:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered steps (the current chunk of every array), then commit them."""
+        if self._pending == 0 or self._closed:
+            return
+        start, end = self._chunk_start, self._chunk_start + self.chunk_steps
+        n = start + self._filled
+        try:
+            if end > self._capacity:
+                self._each(lambda _, a: a.resize((end, *a.shape[1:])))
+                self._capacity = end
+            buffers = self._buffers
+            self._each(lambda name, a: a.__setitem__(slice(start, end), buffers[name]))
+            self._commit(n_steps=n)
+        except Exception as err:  # noqa: BLE001 - any filesystem's failure, one clear error
+            raise run_error(
+                self._loc.shown,
+                f"writing steps {self._n}–{n - 1} failed ({type(err).__name__}: {err})",
+                "every earlier flush is kept; check the disk or filesystem",
+            ) from err
+        self._n = n
+        self._pending = 0
+        if self._filled == self.chunk_steps:
+            self._chunk_start = end
+            self._reset_buffers()
+
+    def _each(self, fn: Callable) -> None:
+        futures = [self._pool.submit(fn, name, a) for name, a in self._arrays.items()]
+        for future in futures:
+            future.result()
+
+    def _commit(self, **changes: Any) -> None:
+        self._attrs.update(changes)
+        self._group.attrs.put(self._attrs)
+
+    def write_static(
+        self,
+        name: str,
+        dims: Collection[str],
+        array: Any,
+        coords: Mapping[str, Any] | None = None,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Store a variable without a step dim (e.g. pruning results on ``("unit",)``), with
+        coordinates for its dims if wanted; it replaces a static variable of that name."""
+        if self._closed:
+            raise run_error(
+                self._loc.shown, "write_static() after close()", "use write_static_variables"
+            )
+        taken = set(self._arrays) | set(self._coords)
+        _write_statics(self._group, {name: (dims, array)}, coords, attrs, self._sizes, taken)
+        for cdims, data in _coords(coords).values():
+            self._sizes.update(zip(cdims, data.shape, strict=True))
+        self._commit(static_revision=int(self._attrs.get("static_revision", 0)) + 1)
+
+    def close(self, status: str = "finished") -> None:
+        """Flush, trim the arrays to the committed steps and record ``status``."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+            if self._capacity != self._n:
+                n = self._n
+                self._each(lambda _, a: a.resize((n, *a.shape[1:])))
+                self._capacity = n
+            self._attrs.pop(WRITER_KEY, None)
+            self._commit(status=status)
+        finally:
+            self._closed = True
+            self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # keep what was recorded without hiding the error that ended the run
+            self.close(status="interrupted")
+        except Exception as err:  # noqa: BLE001
+            warnings.warn(
+                f"run {self._loc.shown}: the last steps could not be flushed ({err})",
+                RunStoreWarning,
+                stacklevel=2,
+            )
+
+
+def write_static_variables(
+    path: Any,
+    arrays: Mapping[str, tuple[Collection[str], Any]],
+    attrs: Mapping[str, Any] | None = None,
+    coords: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Write variables without a step dim into a run: ``arrays`` maps name -> (dims,
+    values), ``attrs`` go on each of them, stored variables of the same names are replaced.
+    A run directory without a recording (trained with the probe off) gets a new store."""
+    try:
+        loc = locate(path, storage_options)
+    except RunNotFoundError:
+        loc = Location.of(path, storage_options)
+        if loc.shown.rstrip("/").endswith(".zarr") or not loc.is_dir(loc.run_dir):
+            raise
+        RunWriter(path, {}, storage_options=storage_options).close()
+    header = read_header(loc)
+    group = open_group(loc, "r+")
+    sizes, taken = {}, set()
+    for name in loc.children():
+        try:
+            arr = group[name]
+        except Exception:  # noqa: BLE001 - an unreadable array is replaced or left alone
+            continue
+        dims = dims_of(arr) if isinstance(arr, zarr.Array) else None
+        if dims is None:
+            continue
+        if dims[0] == STEP:
+            taken.add(name)
+        elif role(arr) == "coordinate" and name not in (coords or {}):
+            sizes.update(zip(dims, arr.shape, strict=True))
+            taken.add(name)
+    _write_statics(group, arrays, coords, attrs, sizes, taken)
+    if not writer_alive(loc, header):  # a live writer's next commit announces the change
+        header["static_revision"] = int(header.get("static_revision", 0)) + 1
+        group.attrs.put(header)

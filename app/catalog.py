@@ -7,17 +7,12 @@ names that resolve, symlinks followed, to a run directory inside ROOT are ever o
 
 from __future__ import annotations
 
-import math
 import os
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 ROOT_ENV = "ATTNRES_PROBE_ROOT"
-# A run whose status is 'running' but whose store has not changed for this long is 'stalled'
-# (its writer was probably killed): the dashboard stops polling it.
-LIVE_WINDOW_S = 120.0
 
 TRAIN_HINT = "attnres-probe train --residual full --layers 4 --steps 200 --out {root}/full-s0"
 
@@ -136,7 +131,7 @@ def run_names(root: Path) -> list[str]:
 
 @dataclass(frozen=True)
 class RunRow:
-    """One row of the Runs table; ``state`` is live, stalled, finished, broken or refused."""
+    """One row of the Runs table; ``state`` is live, interrupted, finished, broken or refused."""
 
     name: str
     state: str
@@ -165,58 +160,49 @@ def marker_mtime(path: Path) -> float | None:
         return None
 
 
-def last_write_age(path: Path) -> float:
-    """Seconds since the run's store last committed a flush (inf when unknown)."""
-    mtime = marker_mtime(path)
-    return math.inf if mtime is None else max(0.0, time.time() - mtime)
+def run_state(status: str) -> str:
+    """live / interrupted / finished from the status the store reports ('running' or 'live'
+    only while the writer is alive; 'interrupted' when it died before closing)."""
+    if status in ("running", "live"):
+        return "live"
+    if status == "interrupted":
+        return "interrupted"
+    return "finished"
 
 
-def run_state(status: str, age_s: float) -> str:
-    """live / stalled / finished from the stored status and the age of the last write."""
-    if status == "finished":
-        return "finished"
-    return "live" if age_s <= LIVE_WINDOW_S else "stalled"
-
-
-def summarize(root: Path, name: str, open_run=None) -> RunRow:
-    """The Runs-table row of ``name``; any failure becomes a 'broken' row with its reason."""
-    if open_run is None:
-        from attnres_probe.store import open_run
+def summarize(root: Path, name: str, run_info=None) -> RunRow:
+    """The Runs-table row of ``name``, from the store's header (no data is loaded); any
+    failure becomes a 'broken' row with its reason, a path outside ROOT a 'refused' one."""
+    if run_info is None:
+        from attnres_probe.store import run_info
     try:
         path = resolve_run(root, name)
     except RunRefused as err:
         return RunRow(name=name, state="refused", message=str(err))
     try:
-        ds = open_run(path)
-        attrs = ds.attrs
-        status = str(attrs.get("status", "finished"))
-        n_steps = int(ds.sizes.get("step", 0))
-        last_step = int(ds["step"].values[-1]) if n_steps else None
-        last_loss = None
-        if n_steps and "loss" in ds.data_vars:
-            value = float(ds["loss"].isel(step=-1).values)
-            last_loss = value if math.isfinite(value) else None
-        layers = attrs.get("n_layers")
-        state = run_state(status, last_write_age(path))
-        message = ""
-        if state == "stalled":
-            message = "status is 'running' but nothing was written for a while; writer gone?"
-        elif n_steps == 0:
-            message = "no recorded steps yet"
-        return RunRow(
-            name=name,
-            state=state,
-            kind=str(attrs.get("residual", "")),
-            layers=int(layers) if layers is not None else None,
-            sublayers=int(ds.sizes["sublayer"]) if "sublayer" in ds.sizes else None,
-            steps=n_steps,
-            last_step=last_step,
-            last_loss=last_loss,
-            has_checkpoint=(path / "checkpoint.safetensors").is_file(),
-            message=message,
-        )
+        info = run_info(path, name)
     except Exception as err:  # noqa: BLE001 - any failure is shown on the row, never raised
         return RunRow(name=name, state="broken", message=describe_error(err))
+    if info.status == "broken":
+        return RunRow(name=name, state="broken", message=" ".join(info.error.split()))
+    state = run_state(info.status)
+    message = ""
+    if state == "interrupted":
+        message = "the writer stopped before finishing; every committed step is shown"
+    elif info.n_steps == 0:
+        message = "no recorded steps yet"
+    return RunRow(
+        name=name,
+        state=state,
+        kind=info.residual or "",
+        layers=info.n_layers,
+        sublayers=2 * info.n_layers if info.n_layers is not None else None,
+        steps=info.n_steps,
+        last_step=info.last_step,
+        last_loss=info.last_loss,
+        has_checkpoint=(path / "checkpoint.safetensors").is_file(),
+        message=message,
+    )
 
 
 def describe_error(err: BaseException) -> str:

@@ -13,6 +13,7 @@ import html
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 import xarray as xr
 
@@ -22,6 +23,8 @@ RUN_KEY = "run"
 COMPARE_KEY = "compare"
 STEP_KEY = "step"
 MEAN_TAIL_KEY = "mean_tail"
+REFUSED_KEY = "_refused"  # why the run named in the URL is not shown
+LATEST_KEY = "_latest_step"  # the last recorded step when the slider was last drawn
 REFRESH_KEY = "refresh"
 REFRESH_CHOICES = {"off": None, "2 s": 2.0, "5 s": 5.0, "10 s": 10.0, "30 s": 30.0}
 DEFAULT_REFRESH = "5 s"
@@ -58,9 +61,9 @@ def load(path: Path) -> xr.Dataset:
     return _open(str(path), version(path))
 
 
-@st.cache_data(max_entries=2048, show_spinner=False)
+@st.cache_data(max_entries=2048, ttl=10, show_spinner=False)
 def _row(root_path: str, name: str, commit: object) -> catalog.RunRow:
-    return catalog.summarize(Path(root_path), name, open_run=lambda p: _open(str(p), commit))
+    return catalog.summarize(Path(root_path), name)
 
 
 def rows(root_path: Path) -> list[catalog.RunRow]:
@@ -88,12 +91,17 @@ def run_picker(all_rows: list[catalog.RunRow], root_path: Path) -> str | None:
     names = [r.name for r in all_rows if r.openable]
     requested = st.query_params.get(RUN_KEY)
     if requested is not None and requested not in names:
-        st.session_state["_refused"] = refusal(root_path, requested, all_rows)
-    else:
-        st.session_state.pop("_refused", None)
+        # Kept until the user picks a run: the URL loses the refused name on the first run.
+        st.session_state[REFUSED_KEY] = refusal(root_path, requested, all_rows)
     if not names:
         return None
-    return st.sidebar.selectbox("Run", names, key=RUN_KEY, bind="query-params")
+    return st.sidebar.selectbox(
+        "Run", names, key=RUN_KEY, bind="query-params", on_change=_forget_refusal
+    )
+
+
+def _forget_refusal() -> None:
+    st.session_state.pop(REFUSED_KEY, None)
 
 
 def refusal(root_path: Path, requested: str, all_rows: list[catalog.RunRow]) -> str:
@@ -142,19 +150,25 @@ def step_picker(ds: xr.Dataset) -> int | None:
     if first == last:
         st.caption(f"one recorded step: {first}")
         return None if mean_tail else first
-    import numpy as np
-
     spacing = int(np.gcd.reduce(np.diff(steps.astype(np.int64)))) or 1
+    kept = st.session_state.get(STEP_KEY)
+    if kept is not None and not first <= kept <= last:
+        del st.session_state[STEP_KEY]  # a step of another run: start again at the latest
+    elif kept is not None and kept == st.session_state.get(LATEST_KEY) and kept != last:
+        st.session_state[STEP_KEY] = last  # it was at the latest step: follow the live run
+    # The initial value only when the widget is new; afterwards its state (or the URL) rules.
+    initial = {} if STEP_KEY in st.session_state else {"value": last}
     step = st.slider(
         "Step",
         min_value=first,
         max_value=last,
-        value=last,
         step=spacing,
         key=STEP_KEY,
         bind="query-params",
         disabled=mean_tail,
+        **initial,
     )
+    st.session_state[LATEST_KEY] = last
     return None if mean_tail else int(step)
 
 
@@ -182,7 +196,7 @@ def make_run_hint(root_path: Path) -> str:
 def header(title: str) -> None:
     """The page title and, when the URL named a run that is not served, why."""
     st.title(title)
-    refused = st.session_state.get("_refused")
+    refused = st.session_state.get(REFUSED_KEY)
     if refused:
         st.warning(catalog.literal(refused))
 

@@ -67,7 +67,7 @@ def test_an_absolute_path_is_refused_even_when_it_is_a_run(tree):
 def test_a_symlink_escaping_root_is_listed_as_refused_not_opened(tree):
     root, _ = tree
     opened = []
-    row = catalog.summarize(root, "escape", open_run=opened.append)
+    row = catalog.summarize(root, "escape", run_info=lambda path, name: opened.append(path))
     assert row.state == "refused" and "outside ROOT" in row.message
     assert opened == []
 
@@ -75,10 +75,10 @@ def test_a_symlink_escaping_root_is_listed_as_refused_not_opened(tree):
 def test_a_run_that_fails_to_open_becomes_a_broken_row_with_the_reason(tree):
     root, _ = tree
 
-    def failing(path):
-        raise ValueError(f"store {path.name} has no commit marker; it may be half-written")
+    def failing(path, name):
+        raise ValueError(f"store {name} has no commit marker; it may be half-written")
 
-    row = catalog.summarize(root, "base", open_run=failing)
+    row = catalog.summarize(root, "base", run_info=failing)
     assert row.state == "broken" and not row.openable
     assert "half-written" in row.message
 
@@ -108,10 +108,10 @@ def test_literal_escapes_markdown_and_html():
     assert escaped.replace("\\", "") == text
 
 
-def test_stalled_runs_are_told_apart_from_live_ones():
-    assert catalog.run_state("running", 1.0) == "live"
-    assert catalog.run_state("running", catalog.LIVE_WINDOW_S + 1) == "stalled"
-    assert catalog.run_state("finished", 1e9) == "finished"
+def test_the_store_status_maps_to_live_interrupted_or_finished():
+    assert catalog.run_state("running") == "live"
+    assert catalog.run_state("interrupted") == "interrupted"
+    assert catalog.run_state("finished") == "finished"
 
 
 @pytest.mark.skipif(os.name != "posix", reason="symlinked parents are a POSIX test")

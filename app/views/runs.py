@@ -10,7 +10,7 @@ from attnres_probe.app import catalog, ui
 
 STATE_NOTE = {
     "live": "being written",
-    "stalled": "marked running, but no write for a while",
+    "interrupted": "its writer stopped before finishing",
     "finished": "complete",
     "broken": "cannot be read",
     "refused": "outside ROOT, not served",

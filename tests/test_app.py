@@ -1,0 +1,291 @@
+"""Every dashboard page and widget path through Streamlit's AppTest (no browser).
+
+Plotly charts are UnknownElements whose ``proto.spec`` is the figure JSON, so the tests assert
+on figure data and titles, not pixels (the browser test covers rendering).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+from test_app_runs import (
+    BASELINE,
+    BROKEN,
+    ESCAPE,
+    FULL,
+    HTML_NAME,
+    INTERRUPTED,
+    LIVE,
+    OPENABLE,
+    TRAINED,
+    _live_writers,
+    build_root,
+    small,
+    step_values,
+    trained_run,
+)
+
+from attnres_probe.app.catalog import ROOT_ENV
+
+DASHBOARD = Path(__file__).resolve().parents[1] / "app" / "dashboard.py"
+PAGES = ("dilution", "depth_attention", "gradients", "pruning", "compare")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = build_root(tmp_path_factory.mktemp("app"))
+    shutil.copytree(trained_run(tmp_path_factory.getbasetemp()), root / TRAINED)
+    return root
+
+
+@pytest.fixture
+def dashboard(root, monkeypatch):
+    """Open the dashboard on ``page`` with a query string, as a browser would; checks no page
+    raised."""
+    monkeypatch.setenv(ROOT_ENV, str(root))
+
+    def open_page(page: str = "runs", **query) -> AppTest:
+        at = AppTest.from_file(str(DASHBOARD), default_timeout=60)
+        for key, value in query.items():
+            at.query_params[key] = value
+        at.run()
+        if page != "runs":
+            at.switch_page(f"views/{page}.py").run()
+        assert not at.exception, [e.message for e in at.exception]
+        return at
+
+    return open_page
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def texts(at: AppTest, *kinds: str) -> list[str]:
+    return [el.value for kind in kinds for el in getattr(at, kind)]
+
+
+def plain(markdown: str) -> str:
+    """What a reader sees of an escaped markdown string."""
+    return markdown.replace("\\", "")
+
+
+# ----------------------------------------------------------------------------- Runs
+
+
+def test_runs_page_lists_every_run_with_kind_depth_steps_loss_and_state(dashboard):
+    at = dashboard()
+    assert at.title[0].value == "Runs"
+    table = at.dataframe[0].value.set_index("run")
+    assert sorted(table.index) == sorted([*OPENABLE, TRAINED, BROKEN, ESCAPE])
+    assert table.loc[BASELINE, ["state", "kind", "layers", "sublayers"]].tolist() == [
+        "finished",
+        "baseline",
+        3,
+        6,
+    ]
+    assert table.loc[BASELINE, "recorded steps"] == 30 and table.loc[BASELINE, "last step"] == 290
+    assert table.loc[LIVE, "state"] == "live"
+    assert table.loc[INTERRUPTED, "state"] == "interrupted"
+    assert table.loc[TRAINED, "checkpoint"] and not table.loc[FULL, "checkpoint"]
+    (loss,) = charts(at)
+    assert {t["name"] for t in loss["data"]} >= {html.escape(BASELINE), html.escape(FULL)}
+
+
+def test_a_broken_run_shows_its_reason_on_its_row_and_the_others_stay_usable(dashboard):
+    at = dashboard()
+    table = at.dataframe[0].value.set_index("run")
+    assert table.loc[BROKEN, "state"] == "broken"
+    assert "zarr.json" in table.loc[BROKEN, "message"]
+    warnings = [plain(w) for w in texts(at, "warning")]
+    assert any(w.startswith(f"{BROKEN}: cannot be read") for w in warnings)
+    assert any(w.startswith(f"{ESCAPE}: outside ROOT") for w in warnings)
+    assert BROKEN not in at.sidebar.selectbox(key="run").options
+    assert set(at.sidebar.selectbox(key="run").options) == {*OPENABLE, TRAINED}
+
+
+def test_a_run_named_with_html_is_shown_literally_everywhere(dashboard):
+    at = dashboard("dilution", run=HTML_NAME)
+    assert at.sidebar.selectbox(key="run").value == HTML_NAME
+    spec = charts(at)[0]
+    assert spec["data"][0]["name"].startswith(html.escape(HTML_NAME))
+    at = dashboard("depth_attention", run=HTML_NAME)
+    (info,) = texts(at, "info")
+    assert "<" not in info.replace("\\<", "") and "**" not in info.replace("\\*", "")
+    assert plain(info).startswith(HTML_NAME)
+
+
+def test_with_no_runs_the_page_says_how_to_make_one(dashboard, tmp_path, monkeypatch):
+    monkeypatch.setenv(ROOT_ENV, str(tmp_path))
+    at = dashboard()
+    assert "No runs" in texts(at, "info")[0]
+    assert "attnres-probe train" in at.code[0].value
+    at = dashboard("dilution")
+    assert "attnres-probe train" in texts(at, "info")[0]
+
+
+def test_without_sample_runs_the_page_says_they_are_not_installed(dashboard, monkeypatch):
+    from attnres_probe.app import catalog
+
+    monkeypatch.delenv(ROOT_ENV)
+    monkeypatch.setattr(catalog, "bundled_sample_runs", lambda: None)
+    at = dashboard()
+    assert "sample_runs" in plain(texts(at, "warning")[0])
+
+
+# ----------------------------------------------------------------------------- URL
+
+
+@pytest.mark.parametrize(
+    "requested,why",
+    [
+        ("../outside", "climbs out of ROOT"),
+        ("exp/../../outside", "climbs out of ROOT"),
+        ("ABSOLUTE", "absolute path"),
+        (ESCAPE, "outside ROOT"),
+        (BROKEN, "cannot be opened"),
+        ("no-such-run", "not a run directory"),
+    ],
+)
+def test_a_query_string_naming_a_run_outside_root_is_refused(dashboard, root, requested, why):
+    if requested == "ABSOLUTE":
+        requested = str(root.parent / "outside")
+    at = dashboard("dilution", run=requested)
+    (warning,) = texts(at, "warning")
+    assert why in plain(warning)
+    assert at.sidebar.selectbox(key="run").value == OPENABLE[0]  # first run, not the request
+
+
+def test_run_and_step_come_from_the_query_string(dashboard):
+    at = dashboard("depth_attention", run=FULL, step="100")
+    assert at.sidebar.selectbox(key="run").value == FULL
+    assert at.slider(key="step").value == 100
+    heatmap = charts(at)[0]
+    assert "step 100" in heatmap["layout"]["annotations"][0]["text"]
+
+
+def test_a_step_outside_the_run_falls_back_to_the_latest(dashboard):
+    at = dashboard("gradients", run=FULL, step="99999")
+    assert at.slider(key="step").value == 290
+
+
+# ----------------------------------------------------------------------------- pages
+
+
+@pytest.mark.parametrize("run", [BASELINE, FULL])
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_opens_on_baseline_and_attnres_runs(dashboard, page, run):
+    at = dashboard(page, run=run)
+    assert at.title[0].value.lower().replace(" ", "_") == page
+    drawn = charts(at)
+    expected = {
+        "dilution": 2,
+        "gradients": 1,
+        "depth_attention": 0 if run == BASELINE else 2,
+        "pruning": 0,
+        "compare": 5,
+    }[page]
+    assert len(drawn) == expected
+
+
+def test_dilution_overlays_steps_across_training_and_switches_to_log_scale(dashboard):
+    at = dashboard("dilution", run=BASELINE)
+    assert len(charts(at)[0]["data"]) == 1
+    at.checkbox(key="over_training").check().run()
+    at.checkbox(key="log_y").check().run()
+    dilution = charts(at)[0]
+    assert len(dilution["data"]) == 5
+    assert dilution["layout"]["yaxis"]["type"] == "log"
+
+
+def test_the_step_slider_redraws_and_the_tail_mean_disables_it(dashboard):
+    at = dashboard("gradients", run=BASELINE)
+    at.slider(key="step").set_value(50).run()
+    assert "step 50" in charts(at)[0]["data"][0]["hovertemplate"]
+    at.checkbox(key="mean_tail").check().run()
+    assert at.slider(key="step").disabled
+    assert "step 50" not in charts(at)[0]["data"][0]["hovertemplate"]
+
+
+def test_switching_run_in_the_sidebar_redraws_the_page(dashboard):
+    at = dashboard("depth_attention", run=BASELINE)
+    assert not charts(at)
+    at.sidebar.selectbox(key="run").select(FULL).run()
+    assert not at.exception and len(charts(at)) == 2
+
+
+def test_per_token_view_runs_the_checkpoint_on_typed_text(dashboard):
+    at = dashboard("depth_attention", run=TRAINED)
+    at.text_input(key="token_text").input("abc").run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table.index) == ["L0.attn", "L0.mlp", "L1.attn", "L1.mlp", "out"]
+    assert table.loc["out"].sum() == pytest.approx(1.0, abs=1e-4)
+    at.slider(key="token").set_value(0).run()
+    first = at.dataframe[0].value
+    assert first.loc["L0.attn", "emb"] == pytest.approx(1.0)
+    assert any("byte 'a'" in plain(c) for c in texts(at, "caption"))
+
+
+def test_per_token_view_says_so_without_a_checkpoint(dashboard):
+    at = dashboard("depth_attention", run=FULL)
+    assert any("no checkpoint" in t for t in texts(at, "info"))
+
+
+def test_pruning_runs_with_progress_when_none_is_stored_then_shows_it(dashboard, root):
+    at = dashboard("pruning", run=TRAINED)
+    assert not charts(at)
+    assert any("no pruning results" in plain(t) for t in texts(at, "info"))
+    at.button(key="run_pruning").click().run(timeout=120)
+    assert not at.exception and not texts(at, "error"), texts(at, "error")
+    (fig,) = charts(at)
+    assert [str(u) for u in fig["data"][0]["x"]] == ["L0", "L1"]
+    at.segmented_control(key="granularity").set_value("sublayer").run()
+    assert at.button(key="run_pruning")  # sublayer results are not stored yet
+
+
+def test_pruning_without_a_checkpoint_explains_why_not(dashboard):
+    at = dashboard("pruning", run=BASELINE)
+    assert not at.button
+    assert any("no checkpoint" in t for t in texts(at, "info"))
+
+
+def test_compare_takes_its_runs_from_the_query_string_on_shared_axes(dashboard):
+    at = dashboard("compare", compare=[BASELINE, FULL])
+    assert at.multiselect(key="compare").value == [BASELINE, FULL]
+    loss, dilution, heatmap, grad, entropy = charts(at)
+    names = {t["name"].split(" (")[0] for t in dilution["data"]}
+    assert names == {html.escape(BASELINE), html.escape(FULL)}
+    assert "no depth weights" in heatmap["layout"]["title"]["text"]
+    at.multiselect(key="compare").unselect(FULL).run()
+    assert "at least two" in texts(at, "info")[0]
+
+
+def test_compare_defaults_to_a_baseline_against_an_attnres_run(dashboard):
+    at = dashboard("compare")
+    kinds = {
+        ("baseline" if "baseline" in n or n in (INTERRUPTED, HTML_NAME) else "attnres")
+        for n in at.multiselect(key="compare").value
+    }
+    assert kinds == {"baseline", "attnres"}
+
+
+def test_a_live_run_shows_new_flushes_on_the_next_refresh(dashboard, root):
+    at = dashboard("dilution", run=LIVE)
+    assert at.sidebar.selectbox(key="refresh").value == "5 s"
+    assert at.slider(key="step").max == 7
+    writer = next(w for w in _live_writers if Path(w.path).name == LIVE)
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for i in range(8, 12):
+        writer.append(i, step_values(small("full"), i, 12, rng))
+    writer.flush()
+    at.run()
+    assert at.slider(key="step").max == 11
+    assert at.slider(key="step").value == 11  # an untouched slider follows the run

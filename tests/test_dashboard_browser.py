@@ -1,0 +1,172 @@
+"""The dashboard in a real browser: `attnres-probe dashboard ROOT` as a subprocess, headless
+Debian Chromium driven by Playwright (never `playwright install`: the system browser is used).
+
+Every page is visited; none may show an exception; a screenshot of each lands in
+test-artifacts/. Skipped, saying why, only when Chromium or Playwright is absent.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from test_app_runs import BASELINE, FULL, HTML_NAME, LIVE, TRAINED, build_root, trained_run
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+# (url path, page title, query, figures expected)
+PAGES = [
+    ("", "Runs", {}, 1),
+    ("dilution", "Dilution", {"run": BASELINE}, 2),
+    ("depth-attention", "Depth attention", {"run": TRAINED, "step": "2"}, 2),
+    ("gradients", "Gradients", {"run": FULL}, 1),
+    ("pruning", "Pruning", {"run": TRAINED}, 0),
+    ("compare", "Compare", {"compare": [BASELINE, FULL]}, 5),
+]
+
+# How many plotly figures have been drawn (each draws several .main-svg layers).
+DRAWN_FIGURES = """n => [...document.querySelectorAll('[data-testid="stPlotlyChart"]')]
+    .filter(el => el.querySelector('.main-svg')).length >= n"""
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(),
+        reason=f"no Chromium at {CHROMIUM}: apt-get install -y chromium to run the browser test",
+    ),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"dashboard exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as reply:
+                if reply.read() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.1)
+    pytest.fail(f"dashboard not healthy after {timeout_s} s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`attnres-probe dashboard ROOT --port P` running over a root with every kind of run."""
+    root = build_root(tmp_path_factory.mktemp("browser"))
+    shutil.copytree(trained_run(tmp_path_factory.getbasetemp()), root / TRAINED)
+    port = free_port()
+    log = tmp_path_factory.mktemp("logs") / "dashboard.log"
+    exe = Path(sys.executable).parent / "attnres-probe"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(exe), "dashboard", str(root), "--port", str(port), "--no-open"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc, log)
+        yield url, log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def query_string(query: dict) -> str:
+    parts = []
+    for key, value in query.items():
+        for v in value if isinstance(value, list) else [value]:
+            parts.append(f"{key}={quote(v, safe='')}")
+    return "?" + "&".join(parts) if parts else ""
+
+
+def settle(page) -> None:
+    """Wait until Streamlit has finished running the script and drawing."""
+    page.wait_for_selector("h1", timeout=30_000)
+    page.wait_for_timeout(300)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=30_000
+    )
+
+
+def test_every_page_renders_in_a_real_browser_without_an_exception(server):
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
+    )
+    url, log = server
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1900})
+            for path, title, query, n_figures in PAGES:
+                page.goto(f"{url}/{path}{query_string(query)}")
+                settle(page)
+                assert page.locator("h1").first.inner_text() == title
+                if n_figures:
+                    page.wait_for_function(DRAWN_FIGURES, arg=n_figures, timeout=30_000)
+                charts = page.locator("[data-testid='stPlotlyChart']").count()
+                assert charts == n_figures, f"{title}: {charts} figures"
+                errors = page.locator("[data-testid='stException']").all_inner_texts()
+                assert not errors, f"{title}: {errors}\n{log.read_text()}"
+                page.screenshot(path=str(ARTIFACTS / f"dashboard-{path or 'runs'}.png"))
+
+            # A run named with HTML is text: no <img> element appears, the name is shown as is.
+            page.goto(f"{url}/dilution{query_string({'run': HTML_NAME})}")
+            settle(page)
+            page.wait_for_selector("[data-testid='stPlotlyChart'] .main-svg", timeout=30_000)
+            assert page.locator("img[src='x']").count() == 0
+            assert HTML_NAME in page.locator("[data-testid='stSidebar']").inner_text()
+            assert HTML_NAME in page.locator(".legendtext").first.text_content()
+
+            # The sidebar choice goes into the URL, so the view can be shared and reloaded.
+            page.goto(f"{url}/gradients{query_string({'run': BASELINE})}")
+            settle(page)
+            page.locator("[data-testid='stSidebar'] [data-testid='stSelectbox']").first.click()
+            page.get_by_role("option", name=LIVE, exact=True).click()
+            page.wait_for_function(f"() => location.search.includes('run={LIVE}')")
+            page.reload()
+            settle(page)
+            assert LIVE in page.locator("[data-testid='stSidebar']").inner_text()
+
+            # A URL climbing out of ROOT is refused on the page, and nothing outside is shown.
+            page.goto(f"{url}/dilution?run=..%2Foutside")
+            settle(page)
+            warning = page.locator("[data-testid='stAlert']").first.inner_text()
+            assert "climbs out of ROOT" in warning
+            assert page.locator("[data-testid='stException']").count() == 0
+        finally:
+            browser.close()
+    assert html.escape(HTML_NAME) != HTML_NAME  # the test name really contains markup

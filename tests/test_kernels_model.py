@@ -59,10 +59,12 @@ def _assert_same(run, run_ref, tol, tol_each_grad):
 
 
 def _assert_same_stats(slots, slots_ref):
-    for name in ("norm_sq", "norm_grad_sq", "depth_weight_sum", "source_rms_sum"):
+    for name in ("norm_sq", "depth_weight_sum", "source_rms_sum"):
         torch.testing.assert_close(
             getattr(slots, name), getattr(slots_ref, name), rtol=1e-4, atol=0
         )
+    # Stream gradients carry the same cancellations as the parameter gradients (see below).
+    torch.testing.assert_close(slots.norm_grad_sq, slots_ref.norm_grad_sq, rtol=1e-3, atol=0)
     tokens = max(slots_ref.depth_tokens)
     torch.testing.assert_close(
         slots.depth_entropy_sum, slots_ref.depth_entropy_sum, rtol=1e-4, atol=1e-5 * tokens

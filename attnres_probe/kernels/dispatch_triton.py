@@ -41,13 +41,24 @@ def _use_reference(*tensors: torch.Tensor | None) -> bool:
     return any(t is not None and t.dtype == torch.float64 for t in tensors)
 
 
+def _checked(*slots: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """The kernels add into statistics slots by address: contiguous float32 only."""
+    for slot in slots:
+        if slot is not None and (slot.dtype != torch.float32 or not slot.is_contiguous()):
+            raise ValueError(
+                f"a statistics slot must be a contiguous float32 tensor, got {slot.dtype} with "
+                f"strides {slot.stride()}; index StatsSlots rows (as ops does), not columns"
+            )
+    return slots
+
+
 def rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, stats: NormStats | None = None
 ) -> torch.Tensor:
     """x [*, D], weight [D] -> x / sqrt(mean(x²) + eps) * weight (see ``reference.rms_norm``)."""
     if _use_reference(x, weight):
         return reference.rms_norm(x, weight, eps, stats)
-    sq, grad_sq = (None, None) if stats is None else (stats.sq, stats.grad_sq)
+    sq, grad_sq = (None, None) if stats is None else _checked(stats.sq, stats.grad_sq)
     return triton_rms_norm(x, weight, eps, sq, grad_sq)
 
 
@@ -61,7 +72,7 @@ def add_rms_norm(
     """h = x + update; returns (rms_norm(h), h) (see ``reference.add_rms_norm``)."""
     if _use_reference(x, update, weight):
         return reference.add_rms_norm(x, update, weight, eps, stats)
-    sq, grad_sq = (None, None) if stats is None else (stats.sq, stats.grad_sq)
+    sq, grad_sq = (None, None) if stats is None else _checked(stats.sq, stats.grad_sq)
     return AddRMSNormFunction.apply(x, update, weight, eps, sq, grad_sq)
 
 
@@ -76,7 +87,7 @@ def attnres(
         return reference.attnres(sources, query, eps, stats)
     slots = (None, None, None)
     if stats is not None:
-        slots = (stats.weight_sum, stats.source_rms_sum, stats.entropy_sum)
+        slots = _checked(stats.weight_sum, stats.source_rms_sum, stats.entropy_sum)
     return AttnResFunction.apply(sources, query, eps, *slots)
 
 
@@ -160,6 +171,7 @@ def block_attnres_phase2(
         slots = (stats.weight_sum, stats.source_rms_sum, stats.entropy_sum)
         if partial is not None:
             slots += (stats.partial_weight_sum, stats.partial_rms_sum)
+        slots = _checked(*slots)
     if partial is None:
         weights = BlockWeightsFunction.apply(
             phase1_out, phase1_lse, block_logits, block_rms, eps, slots

@@ -169,7 +169,7 @@ def _variable(loc: Location, name: str, arr, dims, n: int, lazy, notes: list[str
     """One stored array as an xarray Variable (step arrays cut to ``n``); None if unusable."""
     import xarray as xr
 
-    per_step = dims[0] == STEP
+    per_step = dims[:1] == (STEP,)
     try:
         rows = min(n, arr.shape[0]) if per_step else None
         extent = (rows, *arr.shape[1:]) if per_step else arr.shape
@@ -229,6 +229,8 @@ def _read(loc: Location, lazy) -> xr.Dataset:
         try:
             arr = group[name]
         except Exception as err:  # noqa: BLE001
+            if n == 0 and loc.read(f"{name}/zarr.json") is None:
+                continue  # an array being created (or one a crash cut off before any step)
             notes.append(f"{name}: left out, its zarr.json is unreadable ({type(err).__name__})")
             continue
         if isinstance(arr, zarr.Array):
@@ -241,7 +243,7 @@ def _read(loc: Location, lazy) -> xr.Dataset:
     steps = None
     if STEP in arrays:
         steps, n = _step_coordinate(loc, *arrays.pop(STEP), n, notes)
-    elif any(dims[0] == STEP for _, dims in arrays.values()):
+    elif any(dims[:1] == (STEP,) for _, dims in arrays.values()):
         notes.append("step: the step coordinate is missing, steps are numbered by position")
 
     # Arrays are read side by side: zarr releases the GIL while it reads and checks chunks.
@@ -265,8 +267,6 @@ def _read(loc: Location, lazy) -> xr.Dataset:
     ds.attrs["n_steps"] = n
     if notes:
         ds.attrs["dropped"] = "; ".join(sorted(notes))
-        message = f"run {loc.shown} was read in part: {ds.attrs['dropped']}"
-        warnings.warn(message, RunStoreWarning, stacklevel=3)
     return ds
 
 
@@ -300,7 +300,7 @@ def open_run(
 
         repair_store(path, storage_options=storage_options)
     try:
-        return _read(loc, lazy)
+        ds = _read(loc, lazy)
     except RunStoreError:
         raise
     except Exception as err:  # noqa: BLE001 - never a raw traceback from deep inside zarr
@@ -309,6 +309,10 @@ def open_run(
             f"reading failed ({type(err).__name__}: {err})",
             "try `attnres-probe info --repair RUN`; if that does not help the store is damaged",
         ) from err
+    if "dropped" in ds.attrs:
+        message = f"run {loc.shown} was read in part: {ds.attrs['dropped']}"
+        warnings.warn(message, RunStoreWarning, stacklevel=2)
+    return ds
 
 
 def run_config(ds: xr.Dataset) -> dict[str, Any]:

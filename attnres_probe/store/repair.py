@@ -72,7 +72,7 @@ def repair(
             problems.append(f"{name}: its zarr.json is unreadable ({type(err).__name__})")
             continue
         dims = dims_of(arr) if isinstance(arr, zarr.Array) else None
-        if dims and dims[0] == STEP:
+        if dims and dims[:1] == (STEP,):
             step_arrays[name] = arr.with_config({"write_empty_chunks": True})
     if STEP in step_arrays:
         n = min(n, step_arrays[STEP].shape[0])  # steps without a label cannot be kept
@@ -104,7 +104,7 @@ def repair(
     if n != header["n_steps"] or after != before:
         header.update(n_steps=n, status=after)
         header.pop(WRITER_KEY, None)
-        group.attrs.put(header)
+        group.attrs.put(dict(header))
     return RepairReport(
         run=loc.shown,
         n_steps=n,

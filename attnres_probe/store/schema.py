@@ -86,6 +86,8 @@ def role(arr) -> str:
 def dims_of(arr) -> tuple[str, ...] | None:
     """The array's dimension names, or None when missing or inconsistent with its shape."""
     names = arr.metadata.dimension_names
+    if arr.ndim == 0 and not names:
+        return ()
     if names is None or len(names) != arr.ndim or any(not isinstance(n, str) for n in names):
         return None
     return tuple(names)

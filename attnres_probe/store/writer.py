@@ -127,7 +127,7 @@ def _write_whole(group, name: str, data: np.ndarray, dims: tuple[str, ...], attr
         dtype=str if strings else data.dtype,
         fill_value=np.nan if data.dtype.kind == "f" else None,
         dimension_names=dims,
-        attributes=attrs,
+        attributes=dict(attrs),
         compressors=compressors(),
         overwrite=True,
         config={"write_empty_chunks": True},
@@ -257,20 +257,20 @@ class RunWriter:
             except RunStoreError:
                 header = {}  # a damaged recording is simply replaced
             refuse_live(loc, header, "replacing its recording")
-        try:
-            self._group = zarr.open_group(loc.zarr_store(read_only=False), mode="w", zarr_format=3)
+        run_name = loc.run_dir.rstrip("/").rsplit("/", 1)[-1]
+        attrs = {"run_name": run_name, "versions": _versions(), **self._attrs}
+        attrs.update(schema_version=SCHEMA_VERSION, status="running", n_steps=0)
+        attrs[WRITER_KEY] = writer_identity()
+        self._attrs = attrs
+        try:  # the root metadata is written once, attributes included: never seen without them
+            store = loc.zarr_store(read_only=False)
+            self._group = zarr.open_group(store, mode="w", zarr_format=3, attributes=dict(attrs))
         except Exception as err:  # noqa: BLE001 - any filesystem's failure, one clear error
             raise run_error(
                 loc.shown,
                 f"cannot create its store ({type(err).__name__}: {err})",
                 "check the path is writable",
             ) from err
-        run_name = loc.run_dir.rstrip("/").rsplit("/", 1)[-1]
-        attrs = {"run_name": run_name, "versions": _versions(), **self._attrs}
-        attrs.update(schema_version=SCHEMA_VERSION, status="running", n_steps=0)
-        attrs[WRITER_KEY] = writer_identity()
-        self._attrs = attrs
-        self._group.attrs.put(attrs)
         for name, (dims, data) in self._coords.items():
             _write_whole(self._group, name, data, dims, {ROLE_KEY: "coordinate"})
         self._arrays = {STEP: self._step_array(STEP, (STEP,), np.int64, -1, "coordinate")}
@@ -346,7 +346,7 @@ class RunWriter:
         attrs.update(status="running")
         attrs[WRITER_KEY] = writer_identity()
         self._attrs = attrs
-        self._group.attrs.put(attrs)
+        self._group.attrs.put(dict(attrs))
 
     def _reset_buffers(self) -> None:
         self._buffers = {
@@ -375,6 +375,8 @@ class RunWriter:
         """
         if self._closed:
             raise run_error(self._loc.shown, "append() after close()", "open a new RunWriter")
+        if self._filled == self.chunk_steps:  # a full chunk whose flush failed: retry first
+            self.flush()
         row = self._filled
         for name, value in values.items():
             target = self._buffers.get(name)
@@ -428,7 +430,7 @@ class RunWriter:
 
     def _commit(self, **changes: Any) -> None:
         self._attrs.update(changes)
-        self._group.attrs.put(self._attrs)
+        self._group.attrs.put(dict(self._attrs))  # zarr keeps the dict it is given
 
     def write_static(
         self,
@@ -511,7 +513,7 @@ def write_static_variables(
         dims = dims_of(arr) if isinstance(arr, zarr.Array) else None
         if dims is None:
             continue
-        if dims[0] == STEP:
+        if dims[:1] == (STEP,):
             taken.add(name)
         elif role(arr) == "coordinate" and name not in (coords or {}):
             sizes.update(zip(dims, arr.shape, strict=True))
@@ -519,4 +521,4 @@ def write_static_variables(
     _write_statics(group, arrays, coords, attrs, sizes, taken)
     if not writer_alive(loc, header):  # a live writer's next commit announces the change
         header["static_revision"] = int(header.get("static_revision", 0)) + 1
-        group.attrs.put(header)
+        group.attrs.put(dict(header))

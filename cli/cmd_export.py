@@ -12,7 +12,7 @@ from attnres_probe.cli.common import err_console, fail, library_errors, out_cons
 from attnres_probe.cli.main import app
 
 
-class FigureChoice(str, enum.Enum):
+class FigureChoice(enum.StrEnum):
     dilution = "dilution"
     relative_update = "relative-update"
     depth_heatmap = "depth-heatmap"
@@ -23,7 +23,7 @@ class FigureChoice(str, enum.Enum):
     all = "all"
 
 
-class FormatChoice(str, enum.Enum):
+class FormatChoice(enum.StrEnum):
     png = "png"
     svg = "svg"
     pdf = "pdf"

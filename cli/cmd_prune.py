@@ -12,7 +12,7 @@ from attnres_probe.cli.common import err_console, library_errors, out_console
 from attnres_probe.cli.main import app
 
 
-class Granularity(str, enum.Enum):
+class Granularity(enum.StrEnum):
     layer = "layer"
     sublayer = "sublayer"
     block = "block"

@@ -81,3 +81,47 @@ def full_run(n_steps: int = 4, name: str = "full") -> xr.Dataset:
         "nonfinite": (("step",), np.zeros(n_steps)),
     }
     return schema_dataset(cfg, steps, variables, name)
+
+
+_TRAINED: dict[str, object] = {}
+
+
+def small_corpus() -> str:
+    """A small text file (this package's own sources) as a corpus; made once per process."""
+    if "corpus" not in _TRAINED:
+        import atexit
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        import attnres_probe
+
+        root = Path(tempfile.mkdtemp(prefix="attnres-probe-tests-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        sources = sorted(Path(attnres_probe.__file__).parent.rglob("*.py"))
+        text = b"\n".join(p.read_bytes() for p in sources)[: 400 * 1024]
+        (root / "corpus.txt").write_bytes(text)
+        _TRAINED["root"] = root
+        _TRAINED["corpus"] = str(root / "corpus.txt")
+    return _TRAINED["corpus"]
+
+
+def trained_runs() -> dict[str, object]:
+    """A tiny baseline and a tiny Full AttnRes run trained for 30 recorded steps with the real
+    training loop (probe, store, checkpoint), made once per test process: name -> run dir."""
+    if "runs" not in _TRAINED:
+        from attnres_probe.models import ModelConfig
+        from attnres_probe.train import TrainConfig, train
+
+        corpus = small_corpus()
+        runs = {}
+        for kind in ("baseline", "full"):
+            cfg = ModelConfig(residual=kind, n_layers=2, d_model=32, n_heads=2, max_seq_len=32)
+            tcfg = TrainConfig(
+                steps=30, batch_size=8, seq_len=32, data=corpus, record_every=1, eval_batches=2
+            )
+            run = _TRAINED["root"] / kind
+            train(cfg, tcfg, run)
+            runs[kind] = run
+        _TRAINED["runs"] = runs
+    return _TRAINED["runs"]

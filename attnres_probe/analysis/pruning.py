@@ -36,7 +36,8 @@ STORED = {
     "prune_sublayer_stop": "one past the last sublayer it removes",
     "prune_loss": "held-out loss with the unit removed",
     "prune_loss_increase": "prune_loss - base loss",
-    "prune_base_loss": "held-out loss of the intact model (0-d)",
+    "prune_base_loss": "held-out loss of the intact model in the same evaluation",
+    "prune_batches": "held-out batches each loss averages",
 }
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, unit just evaluated)
 
@@ -73,6 +74,7 @@ def results_dataset(
             "prune_loss": ("unit", loss),
             "prune_loss_increase": ("unit", loss - base_loss),
             "prune_base_loss": ((), float(base_loss)),
+            "prune_batches": ("unit", np.full(len(names), int(attrs.get("batches", 0)))),
         },
         coords={
             "unit": np.asarray(names, dtype=object),
@@ -87,8 +89,9 @@ def results_dataset(
 
 def pruning_results(ds: xr.Dataset, granularity: str | None = "layer") -> xr.Dataset:
     """The stored pruning results of a run on dim ``unit`` (one granularity, or all for None):
-    ``prune_loss``, ``prune_loss_increase``, 0-d ``prune_base_loss``; coords ``granularity``,
-    ``sublayer_start``, ``sublayer_stop``."""
+    ``prune_loss``, ``prune_loss_increase``, ``prune_batches`` and ``prune_base_loss`` (0-d for
+    one granularity, [unit] for all); coords ``granularity``, ``sublayer_start``,
+    ``sublayer_stop``."""
     if "prune_loss" not in ds.data_vars:
         raise AnalysisError(
             f"run {ds.attrs.get('run_name', 'run')!r} has no pruning results; "
@@ -96,9 +99,9 @@ def pruning_results(ds: xr.Dataset, granularity: str | None = "layer") -> xr.Dat
         )
     out = xr.Dataset(
         {
-            "prune_loss": ds["prune_loss"],
-            "prune_loss_increase": ds["prune_loss_increase"],
-            "prune_base_loss": ds["prune_base_loss"],
+            name: ds[name]
+            for name in ("prune_loss", "prune_loss_increase", "prune_base_loss", "prune_batches")
+            if name in ds.data_vars
         }
     )
     out = out.assign_coords(
@@ -117,25 +120,38 @@ def pruning_results(ds: xr.Dataset, granularity: str | None = "layer") -> xr.Dat
             f"no pruning results at granularity={granularity!r} (the run has {have}); "
             f"run `attnres-probe prune RUN --granularity {granularity}`"
         )
+    # One granularity comes from one evaluation: one intact-model loss.
+    chosen["prune_base_loss"] = chosen["prune_base_loss"].isel(unit=0, drop=True)
     return chosen
 
 
+def _per_unit(results: xr.Dataset) -> xr.Dataset:
+    """``results`` with its intact-model loss repeated on every unit (as stored)."""
+    base = results["prune_base_loss"]
+    if "unit" not in base.dims:
+        results = results.assign(prune_base_loss=base.broadcast_like(results["prune_loss"]))
+    return results
+
+
 def merge_results(old: xr.Dataset | None, new: xr.Dataset) -> xr.Dataset:
-    """Stored results with ``new``'s granularity replaced by ``new`` (others kept)."""
+    """Stored results with ``new``'s granularity replaced by ``new`` (others kept), on dim
+    ``unit`` with ``prune_base_loss`` per unit."""
+    new = _per_unit(new)
     if old is None:
         return new
+    old = _per_unit(old)
     g = str(new["granularity"].values[0])
     kept = old.isel(unit=np.flatnonzero(old["granularity"].values != g))
     merged = xr.concat(
-        [kept.drop_vars("prune_base_loss"), new.drop_vars("prune_base_loss")], dim="unit"
+        [kept, new], dim="unit", data_vars="all", coords="minimal", compat="override"
     )
-    merged["prune_base_loss"] = new["prune_base_loss"]
     merged.attrs = new.attrs
     return merged
 
 
 def stored_arrays(results: xr.Dataset) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
     """The static variables (``STORED``) that put ``results`` into a run store."""
+    results = _per_unit(results)
     return {
         "prune_unit_name": (("unit",), np.asarray(results["unit"].values, dtype=object)),
         "prune_granularity": (("unit",), np.asarray(results["granularity"].values, dtype=object)),
@@ -146,7 +162,8 @@ def stored_arrays(results: xr.Dataset) -> dict[str, tuple[tuple[str, ...], np.nd
             ("unit",),
             results["prune_loss_increase"].values.astype(np.float32),
         ),
-        "prune_base_loss": ((), np.asarray(results["prune_base_loss"].values, dtype=np.float32)),
+        "prune_base_loss": (("unit",), results["prune_base_loss"].values.astype(np.float32)),
+        "prune_batches": (("unit",), results["prune_batches"].values.astype(np.int64)),
     }
 
 

@@ -55,3 +55,96 @@ def test_static_export_without_a_browser_says_how_to_get_one(tmp_path, monkeypat
 def test_unknown_format_is_refused_with_the_choices(tmp_path):
     with pytest.raises(ExportError, match="use one of png, svg, pdf, html, json"):
         write_figures([(figures.loss(baseline_run()), tmp_path / "a.gif")])
+
+
+# ----------------------------------------------------------------------------- the commands
+
+
+@pytest.fixture(scope="module")
+def runs():
+    from synthetic_runs import trained_runs
+
+    return trained_runs()
+
+
+def invoke(*args):
+    from typer.testing import CliRunner
+
+    from attnres_probe.cli.main import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], prog_name="attnres-probe")
+
+
+@no_browser
+def test_export_all_figures_of_two_runs_writes_one_png_each(runs, tmp_path):
+    out = tmp_path / "figs"
+    r = invoke("export", runs["baseline"], runs["full"], "--format", "png", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "skipped pruning" in r.stderr  # no pruning results yet: said, not fatal
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(
+        f"{n}.png"
+        for n in (
+            "dilution",
+            "relative-update",
+            "depth-heatmap",
+            "depth-entropy",
+            "grad-depth",
+            "loss",
+        )
+    )
+    for p in out.iterdir():
+        assert p.read_bytes().startswith(MAGIC["png"]) and p.stat().st_size > 5_000
+    assert sorted(r.stdout.split()) == sorted(str(out / n) for n in written)
+
+
+def test_export_one_figure_to_a_file_takes_the_format_from_its_suffix(runs, tmp_path):
+    target = tmp_path / "dil.html"
+    r = invoke("export", runs["baseline"], "--figure", "dilution", "--out", target, "--step", 5)
+    assert r.exit_code == 0, r.output
+    assert "Plotly.newPlot" in target.read_text()
+    target = tmp_path / "loss.json"
+    assert invoke("export", runs["full"], "-f", "loss", "-o", target).exit_code == 0
+    assert json.loads(target.read_text())["data"][0]["name"] == "full"
+
+
+def test_export_errors_are_one_line_with_the_right_exit_code(runs, tmp_path):
+    r = invoke("export", tmp_path / "missing", "--out", tmp_path / "x")
+    assert r.exit_code == 1 and "does not exist" in r.stderr and "Traceback" not in r.output
+    r = invoke("export", tmp_path, "--out", tmp_path / "x")
+    assert r.exit_code == 1 and "not a run" in r.stderr
+    r = invoke("export", runs["baseline"], "--figure", "depth-heatmap", "-o", tmp_path / "h.svg")
+    assert r.exit_code == 1 and "needs a full or block AttnRes run" in r.stderr
+    r = invoke("export", runs["baseline"], "--format", "gif")
+    assert r.exit_code == 2
+    r = invoke(
+        "export", runs["baseline"], "-f", "loss", "--format", "svg", "-o", tmp_path / "a.png"
+    )
+    assert r.exit_code == 2 and "--format is svg" in r.stderr
+
+
+def test_info_prints_the_headline_numbers_as_a_table_or_json(runs):
+    r = invoke("info", runs["full"])
+    assert r.exit_code == 0, r.output
+    for label in (
+        "steps recorded",
+        "stream RMS growth",
+        "gradient spread",
+        "top depth sources",
+        "held-out loss",
+        "most prunable layers",
+    ):
+        assert label in r.stdout, label
+    r = invoke("info", runs["baseline"], "--json")
+    summary = json.loads(r.stdout)
+    assert summary["kind"] == "baseline" and summary["steps_recorded"] == 30
+    assert summary["held_out_loss"] > 0 and "depth" not in summary
+    assert summary["dilution"]["exponent"] is not None
+
+
+def test_info_repair_reports_and_bad_paths_fail_in_one_line(runs, tmp_path):
+    r = invoke("info", runs["baseline"], "--repair", "--json")
+    assert r.exit_code == 0, r.output
+    assert "repaired" in r.stderr and json.loads(r.stdout)["steps_recorded"] == 30
+    r = invoke("info", tmp_path / "nope")
+    assert r.exit_code == 1 and r.stderr.startswith("error:") and "Traceback" not in r.output

@@ -137,3 +137,40 @@ def test_loss_figure_draws_every_recorded_step():
 def test_unknown_figure_names_the_choices():
     with pytest.raises(AnalysisError, match="pick one of dilution"):
         figures.make_figure("nope", baseline_run())
+
+
+# ----------------------------------------------------------------------------- a real run
+
+
+@pytest.fixture(scope="module")
+def real_runs():
+    from synthetic_runs import trained_runs
+
+    from attnres_probe.store import open_run
+
+    return {name: open_run(path) for name, path in trained_runs().items()}
+
+
+def test_figures_of_real_runs_carry_the_recorded_numbers(real_runs):
+    from attnres_probe.analysis import depth, dilution, gradients
+
+    base, full = real_runs["baseline"], real_runs["full"]
+    assert base.sizes["step"] == 30
+    dil = traces(figures.dilution(real_runs))
+    for trace, ds in zip(dil, (base, full), strict=True):
+        expected = dilution.growth(ds)["profile"].values
+        np.testing.assert_allclose(decode(trace["y"]), expected, rtol=1e-6)
+    (heat,) = traces(figures.depth_heatmap(real_runs, step=29))
+    w = depth.mean_depth_weights(full, step=29, include_output=True).values
+    np.testing.assert_allclose(decode(heat["z"]).astype(float), w, rtol=1e-6)
+    rows = np.nansum(decode(heat["z"]).astype(float), axis=1)
+    np.testing.assert_allclose(rows, 1.0, rtol=1e-4)  # each reader's weights sum to 1
+    grad = traces(figures.grad_depth(real_runs))
+    np.testing.assert_allclose(
+        decode(grad[0]["y"]), gradients.gradient_profile(base).values, rtol=1e-6
+    )
+    (loss_b, loss_f) = traces(figures.loss(real_runs))
+    np.testing.assert_allclose(decode(loss_b["x"]), np.arange(30))
+    np.testing.assert_allclose(decode(loss_f["y"]), full["loss"].values, rtol=1e-6)
+    for name in ("relative-update", "depth-entropy"):
+        assert traces(figures.make_figure(name, real_runs)), name

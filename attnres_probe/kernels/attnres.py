@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from attnres_probe.kernels import launch
+from attnres_probe.kernels.launch import cast_to
 
 
 @triton.jit
@@ -77,7 +78,7 @@ def _attnres_fwd_kernel(
             acc = acc * scale[:, None] + p[:, None] * v
             run_max = new_max
         out = acc / run_sum[:, None]
-        tl.store(out_ptr + offs, launch.cast_to(out, out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptr + offs, cast_to(out, out_ptr.dtype.element_ty), mask=mask)
         # exp(z − max) / Σ rather than exp(z − lse): z − max is exact for the largest logits,
         # so the weights sum to 1 as closely as torch.softmax's (the backward relies on it).
         alpha = tl.exp(logits - run_max[None, :]) / run_sum[None, :]  # padded sources get 0
@@ -156,7 +157,7 @@ def _attnres_bwd_kernel(
             dv = alpha[:, None] * g + dz[:, None] * (
                 q[None, :] / rms[:, None] - (z / (rms * rms * D))[:, None] * v
             )
-            tl.store(dsrc_i + offs, launch.cast_to(dv, dsrc_ptr.dtype.element_ty), mask=mask)
+            tl.store(dsrc_i + offs, cast_to(dv, dsrc_ptr.dtype.element_ty), mask=mask)
             dq_acc += tl.sum((dz / rms)[:, None] * v, axis=0)
             src_i = src_i + stride_n
             dsrc_i = dsrc_i + stride_n

@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from attnres_probe.kernels import launch
+from attnres_probe.kernels.launch import cast_to
 
 
 @triton.jit
@@ -94,7 +95,7 @@ def _phase1_fwd_kernel(
         out_offs = s_idx[:, None, None].to(tl.int64) * stride_n + offs[None, :, :]
         tl.store(
             out_ptr + out_offs,
-            launch.cast_to(out, out_ptr.dtype.element_ty),
+            cast_to(out, out_ptr.dtype.element_ty),
             mask=s_mask[:, None, None] & mask[None, :, :],
         )
         tl.store(lse_ptr + s_idx[:, None] * M + rows[None, :], run_max + tl.log(run_sum), sm_mask)
@@ -183,7 +184,7 @@ def _phase1_bwd_kernel(
             dv -= (tl.sum(dz * z, axis=0) / (rms * rms * D))[:, None] * v
             if HAS_DOUT:
                 dv += tl.sum(alpha[:, :, None] * g, axis=0)
-            tl.store(dblk_i + offs, launch.cast_to(dv, dblk_ptr.dtype.element_ty), mask=mask)
+            tl.store(dblk_i + offs, cast_to(dv, dblk_ptr.dtype.element_ty), mask=mask)
             dq_acc += tl.sum(dz[:, :, None] * (v / rms[:, None])[None, :, :], axis=1)
             blk_i = blk_i + stride_n
             dblk_i = dblk_i + stride_n
@@ -245,7 +246,7 @@ def _phase2_fwd_kernel(
             keep = tl.exp(lse1 - lse)
             p_weight = tl.exp(p_logit - lse)
             out = keep[:, None] * o1 + p_weight[:, None] * pv
-            tl.store(out_ptr + offs, launch.cast_to(out, out_ptr.dtype.element_ty), mask=mask)
+            tl.store(out_ptr + offs, cast_to(out, out_ptr.dtype.element_ty), mask=mask)
         else:
             lse = lse1
             p_weight = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -347,10 +348,8 @@ def _phase2_bwd_kernel(
         )
         if HAS_DOUT:
             dp += p_weight[:, None] * g
-            tl.store(
-                do1_ptr + offs, launch.cast_to(keep[:, None] * g, do1_ptr.dtype.element_ty), mask
-            )
-        tl.store(dp_ptr + offs, launch.cast_to(dp, dp_ptr.dtype.element_ty), mask=mask)
+            tl.store(do1_ptr + offs, cast_to(keep[:, None] * g, do1_ptr.dtype.element_ty), mask)
+        tl.store(dp_ptr + offs, cast_to(dp, dp_ptr.dtype.element_ty), mask=mask)
         dq_acc += tl.sum((d_plogit / p_rms)[:, None] * pv, axis=0)
     tl.store(dq_part_ptr + pid.to(tl.int64) * D + cols, dq_acc, mask=col_mask)
 

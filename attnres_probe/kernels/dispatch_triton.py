@@ -12,8 +12,8 @@ Two notes on Block AttnRes:
   its per-block weights and statistics cost no second read of the blocks. Called with phase-1
   results from elsewhere, phase 2 computes the logits itself (one read of the blocks).
 * Under activation checkpointing the recomputed forward runs the kernels again, so forward
-  statistics are added twice, exactly as the reference adds them; ``ops`` counts the
-  recomputed call too, so means stay right.
+  statistics are added twice, exactly as the reference adds them (``ops`` counts the
+  recomputed call too, so their means hold); backward statistics are added once.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from attnres_probe.kernels import launch
+from attnres_probe.kernels.launch import cast_to
 
 
 @triton.jit
@@ -57,7 +58,7 @@ def _rms_norm_fwd_kernel(
         if HAS_UPDATE:
             u = tl.load(u_ptr + offs, mask=mask, other=0.0)
             # Round h to its storage dtype before normalising, as `x + update` would.
-            h = launch.cast_to((x.to(tl.float32) + u.to(tl.float32)), h_ptr.dtype.element_ty)
+            h = cast_to((x.to(tl.float32) + u.to(tl.float32)), h_ptr.dtype.element_ty)
             tl.store(h_ptr + offs, h, mask=mask)
             hf = h.to(tl.float32)
         else:
@@ -65,7 +66,7 @@ def _rms_norm_fwd_kernel(
         ss = tl.sum(hf * hf, axis=1)  # [BLOCK_M]
         rstd = 1.0 / tl.sqrt(ss / D + eps)
         y = hf * rstd[:, None] * w[None, :]
-        tl.store(y_ptr + offs, launch.cast_to(y, y_ptr.dtype.element_ty), mask=mask)
+        tl.store(y_ptr + offs, cast_to(y, y_ptr.dtype.element_ty), mask=mask)
         tl.store(rstd_ptr + rows, rstd, mask=row_mask)
         if HAS_STATS:
             sq_acc += ss  # masked rows contribute 0
@@ -114,9 +115,9 @@ def _rms_norm_bwd_kernel(
         dh = (g - normed * c[:, None]) * rstd[:, None]
         if HAS_DH:
             dh += tl.load(dh_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(dx_ptr + offs, launch.cast_to(dh, dx_ptr.dtype.element_ty), mask=mask)
+        tl.store(dx_ptr + offs, cast_to(dh, dx_ptr.dtype.element_ty), mask=mask)
         if HAS_DU:
-            tl.store(du_ptr + offs, launch.cast_to(dh, du_ptr.dtype.element_ty), mask=mask)
+            tl.store(du_ptr + offs, cast_to(dh, du_ptr.dtype.element_ty), mask=mask)
         dw_acc += tl.sum(dy * normed, axis=0)
         if HAS_STATS:
             gsq_acc += tl.sum(dh * dh, axis=1)

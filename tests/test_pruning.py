@@ -172,3 +172,20 @@ def test_prune_command_prints_the_table_and_one_line_errors(planted_run, tmp_pat
     assert r.exit_code == 1 and "checkpoint" in r.stderr and "Traceback" not in r.output
     r = runner.invoke(app, ["prune", str(planted_run), "--granularity", "head"])
     assert r.exit_code == 2
+
+
+def test_pruned_run_shows_in_the_figure_and_the_summary(planted_run):
+    from test_figures import decode, traces
+
+    from attnres_probe import figures
+    from attnres_probe.analysis.summary import run_summary
+    from attnres_probe.store import open_run
+
+    res = pruning.prune_run(planted_run, "layer", batches=2)
+    ds = open_run(planted_run)
+    bars = traces(figures.pruning(ds))[0]
+    np.testing.assert_allclose(decode(bars["y"]), res["prune_loss_increase"].values, rtol=1e-6)
+    prunable = run_summary(ds)["most_prunable"]
+    assert prunable["by"] == "held-out loss increase"
+    assert f"L{PLANTED}" not in [u["unit"] for u in prunable["layers"][:2]]
+    assert prunable["base_loss"] == pytest.approx(float(res["prune_base_loss"]), rel=1e-6)

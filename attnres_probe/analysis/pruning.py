@@ -121,7 +121,8 @@ def pruning_results(ds: xr.Dataset, granularity: str | None = "layer") -> xr.Dat
             f"run `attnres-probe prune RUN --granularity {granularity}`"
         )
     # One granularity comes from one evaluation: one intact-model loss.
-    chosen["prune_base_loss"] = chosen["prune_base_loss"].isel(unit=0, drop=True)
+    if "unit" in chosen["prune_base_loss"].dims:
+        chosen["prune_base_loss"] = chosen["prune_base_loss"].isel(unit=0, drop=True)
     return chosen
 
 
@@ -265,7 +266,7 @@ def prune_run(
     if batches < 1:
         raise AnalysisError(f"batches={batches} must be at least 1")
     run_dir = _run_dir(run)
-    state, config = load_checkpoint(run_dir)
+    state, config = load_checkpoint(run_dir, device=device)
     model_cfg = ModelConfig.from_dict(config.get("model", config))
     train_cfg = config.get("train_config") or config.get("extra", {}).get("train_config", {})
     unit_rows = units(model_cfg.residual, model_cfg.n_layers, model_cfg.n_blocks, granularity)

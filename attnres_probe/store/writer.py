@@ -215,7 +215,7 @@ class RunWriter:
             raise run_error(
                 self._loc.shown, "it already has a recording", "pick a new path or mode='w'"
             )
-        self._pool = ThreadPoolExecutor(max_workers=min(8, len(self._variables) + 1))
+        self._pool = ThreadPoolExecutor(max_workers=min(16, len(self._variables) + 1))
         if mode == "a" and exists:
             self._resume()
         else:
@@ -257,7 +257,8 @@ class RunWriter:
             except RunStoreError:
                 header = {}  # a damaged recording is simply replaced
             refuse_live(loc, header, "replacing its recording")
-        run_name = loc.run_dir.rstrip("/").rsplit("/", 1)[-1]
+        named = loc.store if loc.shown.rstrip("/").endswith(".zarr") else loc.run_dir
+        run_name = named.rstrip("/").rsplit("/", 1)[-1].removesuffix(".zarr")
         attrs = {"run_name": run_name, "versions": _versions(), **self._attrs}
         attrs.update(schema_version=SCHEMA_VERSION, status="running", n_steps=0)
         attrs[WRITER_KEY] = writer_identity()
@@ -405,9 +406,10 @@ class RunWriter:
         start, end = self._chunk_start, self._chunk_start + self.chunk_steps
         n = start + self._filled
         try:
-            if end > self._capacity:
-                self._each(lambda _, a: a.resize((end, *a.shape[1:])))
-                self._capacity = end
+            if end > self._capacity:  # grow 4 chunks ahead: one metadata write per array
+                grown = start + 4 * self.chunk_steps
+                self._each(lambda _, a: a.resize((grown, *a.shape[1:])))
+                self._capacity = grown
             buffers = self._buffers
             self._each(lambda name, a: a.__setitem__(slice(start, end), buffers[name]))
             self._commit(n_steps=n)

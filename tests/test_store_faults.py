@@ -178,6 +178,7 @@ def test_a_crash_between_data_and_marker_is_invisible_and_repair_trims_it(tmp_pa
 
     ds = open_run(run)
     assert "dropped" not in ds.attrs and _check_prefix(ds) == 8  # flushes 1 and 2 only
+    assert ds.attrs["status"] == "interrupted"
 
     report = repair(run)
     assert report.trimmed["loss"][1] == 8 and len(report.removed) == 2
@@ -193,7 +194,7 @@ def test_repair_refuses_a_run_whose_writer_is_alive(tmp_path):
         w.append(1, _values(1))
         with pytest.raises(RunStoreError, match="stop that writer first"):
             repair(tmp_path / "run")
-        assert open_run(tmp_path / "run").attrs["status"] == "running"
+        assert open_run(tmp_path / "run", repair=True).attrs["status"] == "running"
 
 
 # ----------------------------------------------------------------------------- bad paths

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
-from attnres_probe.store.header import effective_status, open_group, read_header
+from attnres_probe.store.header import effective_status, open_group, read_header, writer_alive
 from attnres_probe.store.location import Location, locate
 from attnres_probe.store.schema import (
     HIDDEN_ATTRS,
@@ -283,7 +283,7 @@ def open_run(
 
     path: the run directory or its ``.zarr`` store; a local path or an fsspec URL.
     repair: first trim arrays a killed writer left longer than the commit marker and remove
-    its temp files (:func:`repair`); reading works without it.
+    its temp files (:func:`repair`; skipped while the run is written); reading works without.
     lazy: which per-step variables stay on disk until selected — None: those over 128 MiB
     (depth_weights of a very long run); True: all; False: none; or a set of names.
 
@@ -295,7 +295,7 @@ def open_run(
     Raises RunStoreError (RunNotFoundError for a wrong path) when the run cannot be read.
     """
     loc = locate(path, storage_options)
-    if repair:
+    if repair and not writer_alive(loc, read_header(loc)):  # a live run needs no repair
         from attnres_probe.store.repair import repair as repair_store
 
         repair_store(path, storage_options=storage_options)

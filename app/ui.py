@@ -29,6 +29,7 @@ REFRESH_KEY = "refresh"
 REFRESH_CHOICES = {"off": None, "2 s": 2.0, "5 s": 5.0, "10 s": 10.0, "30 s": 30.0}
 DEFAULT_REFRESH = "5 s"
 PLOTLY_CONFIG = {"displaylogo": False}
+TAIL_FRACTION = 0.1  # the figures' default: profiles averaged over the last 10 % of steps
 
 
 # ----------------------------------------------------------------------------- runs
@@ -53,7 +54,9 @@ def version(path: Path) -> object:
 def _open(path: str, commit: object) -> xr.Dataset:
     from attnres_probe.store import open_run
 
-    return open_run(path)
+    # Lazy: a figure reads only the steps it shows (one step, the tail, or the loss curve),
+    # so a 100k-step run opens in milliseconds instead of reading every variable.
+    return open_run(path, lazy=True)
 
 
 def load(path: Path) -> xr.Dataset:
@@ -170,6 +173,21 @@ def step_picker(ds: xr.Dataset) -> int | None:
     )
     st.session_state[LATEST_KEY] = last
     return None if mean_tail else int(step)
+
+
+def view(ds: xr.Dataset, step: int | None = None, steps: list[int] | None = None) -> xr.Dataset:
+    """The recorded steps a profile figure reads: the one nearest ``step``, the given
+    ``steps``, or (both None) the last ``TAIL_FRACTION`` of the run. Pass the figure
+    ``fraction=1.0`` with a tail view. On a long lazily-opened run this reads one chunk or the
+    tail from disk instead of every step."""
+    from attnres_probe.analysis.select import tail
+
+    if steps:
+        return ds.sel(step=steps, method="nearest")
+    if step is None:
+        return tail(ds, TAIL_FRACTION)
+    nearest = int(ds["step"].sel(step=step, method="nearest"))
+    return ds.sel(step=[nearest])
 
 
 # ----------------------------------------------------------------------------- showing

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -119,14 +120,34 @@ def dashboard(
         threading.Thread(target=_open_when_ready, args=(url,), daemon=True).start()
 
     proc = subprocess.Popen(streamlit_command(dashboard_script(), host, port), env=env)
-    try:
-        code = proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        code = 0
+    code = serve_until_stopped(proc)
     if code:
         raise typer.Exit(code)
+
+
+def serve_until_stopped(proc: subprocess.Popen) -> int:
+    """Wait for the server; Ctrl-C, SIGTERM or SIGHUP stop it too (never left orphaned).
+    Returns its exit code (0 when stopped by a signal)."""
+    stopping = False
+
+    def stop(signum, frame) -> None:
+        nonlocal stopping
+        stopping = True
+        proc.terminate()
+
+    handled = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {sig: signal.signal(sig, stop) for sig in handled}
+    try:
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:
+            stopping = True
+            proc.terminate()
+            code = proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0 if stopping else code

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -92,3 +93,41 @@ def test_free_port_skips_a_port_in_use():
         taken = busy.getsockname()[1]
         busy.listen()
         assert cmd_dashboard.free_port("127.0.0.1", start=taken, tries=5) != taken
+
+
+def test_stopping_the_dashboard_command_stops_its_server(tmp_path):
+    """SIGTERM to `attnres-probe dashboard` must not leave Streamlit serving as an orphan."""
+    import os
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+
+    port = cmd_dashboard.free_port("127.0.0.1", start=20000 + os.getpid() % 20000)
+    exe = Path(sys.executable).parent / "attnres-probe"
+    proc = subprocess.Popen(
+        [str(exe), "dashboard", str(tmp_path), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    health = f"http://127.0.0.1:{port}/_stcore/health"
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(health, timeout=1) as reply:
+                return reply.read() == b"ok"
+        except OSError:
+            return False
+
+    try:
+        deadline = time.monotonic() + 30
+        while not healthy():
+            assert proc.poll() is None and time.monotonic() < deadline, "server never came up"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        assert not healthy()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group

@@ -7,9 +7,11 @@ test-artifacts/. Skipped, saying why, only when Chromium or Playwright is absent
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -81,7 +83,6 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float =
 def server(tmp_path_factory):
     """`attnres-probe dashboard ROOT --port P` running over a root with every kind of run."""
     root = build_root(tmp_path_factory.mktemp("browser"))
-    shutil.copytree(trained_run(tmp_path_factory.getbasetemp()), root / TRAINED)
     port = free_port()
     log = tmp_path_factory.mktemp("logs") / "dashboard.log"
     exe = Path(sys.executable).parent / "attnres-probe"
@@ -91,17 +92,21 @@ def server(tmp_path_factory):
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
     try:
+        # Trained while the server starts; the run table is read afresh on every page.
+        shutil.copytree(trained_run(tmp_path_factory.getbasetemp()), root / TRAINED)
         wait_healthy(url, proc, log)
         yield url, log
     finally:
-        proc.terminate()
+        proc.terminate()  # the command stops its Streamlit server itself
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            proc.wait(timeout=15)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def query_string(query: dict) -> str:
@@ -148,18 +153,18 @@ def test_every_page_renders_in_a_real_browser_without_an_exception(server):
             settle(page)
             page.wait_for_selector("[data-testid='stPlotlyChart'] .main-svg", timeout=30_000)
             assert page.locator("img[src='x']").count() == 0
-            assert HTML_NAME in page.locator("[data-testid='stSidebar']").inner_text()
+            assert page.get_by_role("combobox", name="Run").input_value() == HTML_NAME
             assert HTML_NAME in page.locator(".legendtext").first.text_content()
 
             # The sidebar choice goes into the URL, so the view can be shared and reloaded.
             page.goto(f"{url}/gradients{query_string({'run': BASELINE})}")
             settle(page)
-            page.locator("[data-testid='stSidebar'] [data-testid='stSelectbox']").first.click()
+            page.get_by_role("combobox", name="Run").click()
             page.get_by_role("option", name=LIVE, exact=True).click()
             page.wait_for_function(f"() => location.search.includes('run={LIVE}')")
             page.reload()
             settle(page)
-            assert LIVE in page.locator("[data-testid='stSidebar']").inner_text()
+            assert page.get_by_role("combobox", name="Run").input_value() == LIVE
 
             # A URL climbing out of ROOT is refused on the page, and nothing outside is shown.
             page.goto(f"{url}/dilution?run=..%2Foutside")

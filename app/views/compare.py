@@ -37,7 +37,7 @@ else:
         )
 
         def body() -> None:
-            runs = {}
+            runs, tails = {}, {}
             for name in chosen:
                 try:
                     ds = ui.load(catalog.resolve_run(root.path, name))
@@ -46,16 +46,17 @@ else:
                     continue
                 if ds.sizes.get("step", 0):
                     runs[ui.label(name)] = ds
+                    tails[ui.label(name)] = ui.view(ds)
             if len(runs) < 2:
                 st.info("Fewer than two of the chosen runs have recorded steps yet.")
                 return
             ui.chart(lambda: figures.loss(runs), key="cmp_loss")
             left, right = st.columns(2)
             with left:
-                ui.chart(lambda: figures.dilution(runs), key="cmp_dilution")
-                ui.chart(lambda: figures.depth_heatmap(runs), key="cmp_heatmap")
+                ui.chart(lambda: figures.dilution(tails, fraction=1.0), key="cmp_dilution")
+                ui.chart(lambda: figures.depth_heatmap(tails, fraction=1.0), key="cmp_heatmap")
             with right:
-                ui.chart(lambda: figures.grad_depth(runs), key="cmp_grad")
-                ui.chart(lambda: figures.depth_entropy(runs), key="cmp_entropy")
+                ui.chart(lambda: figures.grad_depth(tails, fraction=1.0), key="cmp_grad")
+                ui.chart(lambda: figures.depth_entropy(tails, fraction=1.0), key="cmp_entropy")
 
         ui.live(body, is_live=any(by_name[n].state == "live" for n in chosen))

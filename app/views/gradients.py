@@ -23,6 +23,7 @@ if picked is not None:
             st.info("This run has no recorded steps yet.")
             return
         step = ui.step_picker(ds)
-        ui.chart(lambda: figures.grad_depth({ui.label(row.name): ds}, step=step), key="grad")
+        runs = {ui.label(row.name): ui.view(ds, step)}
+        ui.chart(lambda: figures.grad_depth(runs, step=step, fraction=1.0), key="grad")
 
     ui.live(body, is_live=row.state == "live")

@@ -52,7 +52,7 @@ def run_colours(names: Sequence[str]) -> dict[str, str]:
     used: set[str] = set()
     out = {}
     for name in names:
-        i = zlib.crc32(name.encode()) % len(OKABE_ITO)
+        i = zlib.crc32(name.encode()) % (len(OKABE_ITO) - 1)  # yellow only when all else is taken
         while OKABE_ITO[i] in used and len(used) < len(OKABE_ITO):
             i = (i + 1) % len(OKABE_ITO)
         out[name] = OKABE_ITO[i]
@@ -323,13 +323,18 @@ def pruning(
     runs: Runs,
     step: int | None = None,
     fraction: float = DEFAULT_FRACTION,
-    granularity: str = "layer",
+    granularity: str | None = None,
 ) -> go.Figure:
     """Measured loss increase when each unit is removed (left) against the cheap proxies
     recorded in training: 1 − cos_in_out (Block Influence) and relative update; the panel
-    titles give Spearman ρ of each proxy against the measured increase. ``step`` is unused."""
+    titles give Spearman ρ of each proxy against the measured increase. ``step`` is unused.
+
+    granularity: layer, sublayer or block; None picks layer, or else the first granularity
+    the runs were pruned at."""
     runs = as_runs(runs)
     colours = run_colours(list(runs))
+    if granularity is None:
+        granularity = _stored_granularity(runs.values())
     compared = {}
     for name, ds in runs.items():
         try:
@@ -344,10 +349,10 @@ def pruning(
         )
 
     def rho_line(proxy: str) -> str:
-        parts = [
-            f"{n} {cmp.attrs.get(f'spearman_{proxy}', float('nan')):+.2f}"
-            for n, cmp in compared.items()
-        ]
+        values = {
+            n: cmp.attrs.get(f"spearman_{proxy}", float("nan")) for n, cmp in compared.items()
+        }
+        parts = [f"{n} {v:+.2f}" if v == v else f"{n} n/a (< 3 units)" for n, v in values.items()]
         return "Spearman ρ: " + ", ".join(parts)
 
     fig = make_subplots(
@@ -407,8 +412,31 @@ def pruning(
     fig.update_xaxes(title_text="unit removed", row=1, col=1)
     fig.update_xaxes(title_text="1 − cos(in, out) (ratio)", row=1, col=2)
     fig.update_xaxes(title_text="Σ update RMS / stream RMS (ratio)", row=1, col=3)
-    fig.update_layout(barmode="group")
+    fig.update_layout(barmode="group", margin={"t": 120})
+    if all(
+        "block_influence" in c and not np.isfinite(c["block_influence"].values).any()
+        for c in compared.values()
+    ):
+        fig.add_annotation(
+            text=f"cos_in_out is recorded per layer:<br>no value for {granularity} units",
+            xref="x2 domain",
+            yref="y2 domain",
+            x=0.5,
+            y=0.5,
+            showarrow=False,
+        )
     return fig
+
+
+def _stored_granularity(datasets) -> str:
+    """The coarsest granularity any run has results for (layer, then block, then sublayer)."""
+    found: list[str] = []
+    for ds in datasets:
+        try:
+            found += pruning_analysis.pruning_results(ds, None)["granularity"].values.tolist()
+        except AnalysisError:
+            continue
+    return next((g for g in ("layer", "block", "sublayer") if g in found), "layer")
 
 
 def loss(runs: Runs, step: int | None = None) -> go.Figure:

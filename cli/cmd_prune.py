@@ -85,4 +85,5 @@ def prune(
     out_console.print(f"intact model: held-out loss {base:.4f}", highlight=False)
     for p in proxies:
         rho = table_data.attrs.get(f"spearman_{p}", float("nan"))
-        out_console.print(f"Spearman ρ({p}, increase) = {rho:.3f}", highlight=False)
+        shown = f"{rho:.3f}" if rho == rho else "undefined (needs 3 units with both values)"
+        out_console.print(f"Spearman ρ({p}, increase) = {shown}", highlight=False)

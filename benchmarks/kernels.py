@@ -573,7 +573,8 @@ def markdown(report: Report) -> str:
 
 def write(report: Report, out: Path) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
-    slug = "".join(c if c.isalnum() else "-" for c in report.header["device"].lower()).strip("-")
+    slug = "-".join("".join(c if c.isalnum() else " " for c in report.header["device"]).split())
+    slug = slug.lower()
     stem = out / f"kernels-{slug}{'-dry-run' if report.header['dry_run'] else ''}"
     data = {"header": report.header, "rows": [asdict(r) for r in report.rows]}
     data["training_steps"] = report.steps

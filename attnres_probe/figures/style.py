@@ -1,0 +1,76 @@
+"""What every figure shares: the runs it is given, a colour per run, labels and layout."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+
+import plotly.graph_objects as go
+import xarray as xr
+
+from attnres_probe.analysis.select import AnalysisError, run_name
+
+# Okabe & Ito (2008), colour-blind safe; yellow last (weak on white).
+OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
+DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+Runs = xr.Dataset | Mapping[str, xr.Dataset] | Sequence[xr.Dataset]
+
+
+def as_runs(runs: Runs) -> dict[str, xr.Dataset]:
+    """``runs`` as an ordered dict name -> Dataset (duplicate names get a ``#2`` suffix)."""
+    if isinstance(runs, xr.Dataset):
+        runs = [runs]
+    if isinstance(runs, Mapping):
+        out = {str(k): v for k, v in runs.items()}
+    else:
+        out = {}
+        for ds in runs:
+            name, n = run_name(ds), 2
+            while name in out:
+                name, n = f"{run_name(ds)} #{n}", n + 1
+            out[name] = ds
+    if not out:
+        raise AnalysisError("no runs given; pass at least one recorded run")
+    return out
+
+
+def run_colours(names: Sequence[str]) -> dict[str, str]:
+    """A stable palette colour per run name (hash of the name; the next free one on clashes)."""
+    used: set[str] = set()
+    out = {}
+    for name in names:
+        i = zlib.crc32(name.encode()) % (len(OKABE_ITO) - 1)  # yellow only when all else is taken
+        while OKABE_ITO[i] in used and len(used) < len(OKABE_ITO):
+            i = (i + 1) % len(OKABE_ITO)
+        out[name] = OKABE_ITO[i]
+        used.add(OKABE_ITO[i])
+    return out
+
+
+def site_labels(da: xr.DataArray) -> list[str]:
+    """'L3.attn' style labels for the ``sublayer`` coordinate ('out' for the model output)."""
+    kinds = da["kind"].values if "kind" in da.coords else ["attn", "mlp"] * da.sizes["sublayer"]
+    layers = da["layer_of"].values if "layer_of" in da.coords else da["sublayer"].values // 2
+    return [
+        "out" if str(k) == "out" else f"L{int(layer)}.{k}"
+        for k, layer in zip(kinds, layers, strict=False)
+    ]
+
+
+def apply_style(fig: go.Figure, title: str, x_title: str, y_title: str, log_y: bool = False):
+    fig.update_layout(
+        title={"text": title, "x": 0.01},
+        template="plotly_white",
+        hovermode="closest",
+        legend={"title": {"text": "run"}},
+        showlegend=True,
+        margin={"l": 70, "r": 20, "t": 90, "b": 60},
+    )
+    fig.update_xaxes(title_text=x_title)
+    fig.update_yaxes(title_text=y_title, type="log" if log_y else "linear")
+    return fig
+
+
+def integer_ticks(fig: go.Figure, n: int) -> None:
+    """Depth axes count sublayers: whole-number ticks, at most about 16 of them."""
+    fig.update_xaxes(tick0=0, dtick=max(1, -(-n // 16)))

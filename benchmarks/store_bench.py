@@ -1,9 +1,11 @@
 """Run-store benchmark: append cost per recorded step, and open + load of a long run.
 
-    .venv/bin/python benchmarks/store_bench.py [--steps 100000] [--sublayers 96] [--out DIR]
+    .venv/bin/python benchmarks/store_bench.py [--steps 100000] [--sublayers 96]
+        [--save benchmarks/results/store_bench.txt]
 
 Append: the full schema (every variable of DESIGN.md §4, plus the model-output op) for a
-Full-AttnRes-shaped run of ``--sublayers`` sublayers and 16 sources, through ``RunWriter``
+run of ``--sublayers`` sublayers whose depth weights span 16 sources (Block AttnRes with
+14 blocks: embedding, 14 blocks, partial sum), through ``RunWriter``
 with its default flush size; the figure is wall time of append() calls (flushes included)
 divided by steps. Read: a ``--steps``-step run is written, then opened with ``open_run``
 and loaded the way the dashboard uses it: every variable except depth_weights in full (they
@@ -32,7 +34,7 @@ FLUSH = 64  # RunWriter's default flush_every
 def _schema(n_sub: int) -> tuple[dict, dict, dict]:
     n_layers = n_sub // 2
     coords = schema_coords(n_layers, [f"s{i}" for i in range(SOURCES)])
-    attrs = {"residual": "full", "n_layers": n_layers, "model_config": "{}"}
+    attrs = {"residual": "block", "n_layers": n_layers, "model_config": "{}"}
     return dict(SCHEMA_VARIABLES), coords, attrs
 
 
@@ -118,6 +120,7 @@ def main() -> None:
     parser.add_argument("--append-steps", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="scratch dir (default: a temp dir)")
+    parser.add_argument("--save", type=Path, default=None, help="also write the table here")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(dir=args.out, prefix="store_bench_"))
     try:
@@ -131,18 +134,23 @@ def main() -> None:
         reads = bench_read(path, args.repeats)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    load = os.getloadavg()[0]
-    print(f"store benchmark: {args.sublayers} sublayers x {SOURCES} sources, {os.cpu_count()} CPUs")
-    print(f"(1-minute load average at the end: {load:.1f})")
-    print(f"{'measurement':58s} {'value':>12s}  target")
+    lines = [
+        f"store benchmark: {args.sublayers} sublayers x {SOURCES} sources, "
+        f"{os.cpu_count()} CPUs, 1-minute load average {os.getloadavg()[0]:.1f} at the end",
+        f"{'measurement':58s} {'value':>12s}  target",
+    ]
     label = f"append: ms per recorded step (flush {FLUSH}, median of {args.repeats})"
     runs = ", ".join(f"{x:.3f}" for x in per_step)
-    print(f"{label:58s} {statistics.median(per_step):9.3f} ms  <= 0.5 ms  ({runs})")
-    print(f"{f'write a {args.steps}-step run':58s} {write_s:10.1f} s")
-    print(f"{'  its size on disk / files':58s} {size / 1e6:9.0f} MB  {files} files")
+    lines.append(f"{label:58s} {statistics.median(per_step):9.3f} ms  <= 0.5 ms  ({runs})")
+    lines.append(f"{f'write a {args.steps}-step run':58s} {write_s:10.1f} s")
+    lines.append(f"{'  its size on disk / files':58s} {size / 1e6:9.0f} MB  {files} files")
     for label, seconds in reads.items():
         target = "  <= 2 s" if label.startswith("dashboard") else ""
-        print(f"{label:58s} {seconds:10.2f} s{target}")
+        lines.append(f"{label:58s} {seconds:10.2f} s{target}")
+    print("\n".join(lines))
+    if args.save:
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        args.save.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from attnres_probe.store.header import (
 )
 from attnres_probe.store.location import Location, locate
 from attnres_probe.store.schema import (
+    CHUNK_KEYS,
     CHUNK_MAX_BYTES,
     CHUNK_TARGET_STEPS,
     ROLE_KEY,
@@ -129,6 +130,7 @@ def _write_whole(group, name: str, data: np.ndarray, dims: tuple[str, ...], attr
         dimension_names=dims,
         attributes=dict(attrs),
         compressors=compressors(),
+        chunk_key_encoding=CHUNK_KEYS,
         overwrite=True,
         config={"write_empty_chunks": True},
     )
@@ -295,6 +297,7 @@ class RunWriter:
             dimension_names=dims,
             attributes=attrs,
             compressors=compressors(),
+            chunk_key_encoding=CHUNK_KEYS,
             config={"write_empty_chunks": True},  # every chunk exists, so a lost one is noticed
         )
 

@@ -275,6 +275,20 @@ def test_a_corrupt_chunk_is_detected_instead_of_read_as_numbers(tmp_path):
         open_run(run, lazy=True)["depth_weights"].load()
 
 
+def test_a_corrupt_chunk_in_an_fsspec_store_is_detected_too():
+    url = f"memory://runs-{uuid.uuid4().hex}/run"
+    _record(url, 30, flush_every=5, chunk_steps=10)
+    fs = fsspec.filesystem("memory")
+    chunk = f"{url.removeprefix('memory://')}/recording.zarr/hidden_rms/c.1.0"
+    data = bytearray(fs.cat_file(chunk))
+    data[7] ^= 0x01
+    fs.pipe_file(chunk, bytes(data))
+    with pytest.warns(RunStoreWarning, match="hidden_rms: damaged chunk.s. at step index 10–19"):
+        ds = open_run(url)
+    assert np.isnan(ds["hidden_rms"].values[10:20]).all()
+    assert ds["hidden_rms"].values[25, 1] == 26.0
+
+
 def test_a_damaged_step_coordinate_drops_the_steps_after_the_damage(tmp_path):
     run = _record(tmp_path / "run", 30, flush_every=5, chunk_steps=10)
     chunk = run / "recording.zarr" / "step" / "c.1"

@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import warnings
 from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
+from zarr.codecs import BytesCodec, Crc32cCodec
+from zarr.codecs.bytes import Endian
+from zarr.core.chunk_grids import RegularChunkGrid
 
 from attnres_probe.store.header import effective_status, open_group, read_header, writer_alive
 from attnres_probe.store.location import Location, locate
@@ -87,6 +91,54 @@ def _read_rows(arr, rows: int | None, name: str, notes: list[str]) -> np.ndarray
     notes.append(
         f"{name}: damaged chunk(s) at step index {describe_spans(bad)} read as NaN ({first_error})"
     )
+    return out
+
+
+def _plain_layout(loc: Location, arr) -> bool:
+    """True for the layout RunWriter writes on a local disk: float chunks of whole rows,
+    stored as little-endian bytes followed by a CRC32C — which :func:`_read_direct` reads
+    without zarr's per-chunk machinery (three times faster for long runs)."""
+    if loc.fs is not None or arr.ndim == 0 or arr.dtype.kind != "f":
+        return False
+    codecs = arr.metadata.codecs
+    return (
+        len(codecs) == 2
+        and isinstance(codecs[0], BytesCodec)
+        and codecs[0].endian in (Endian.little, None)
+        and isinstance(codecs[1], Crc32cCodec)
+        and isinstance(arr.metadata.chunk_grid, RegularChunkGrid)
+        and tuple(arr.chunks[1:]) == tuple(arr.shape[1:])
+    )
+
+
+def _read_direct(loc: Location, name: str, arr, rows: int, notes: list[str]) -> np.ndarray:
+    """``arr[:rows]`` of a plain-layout array, straight from its chunk files. A missing chunk
+    (reported by :func:`missing_rows`) or one failing its checksum reads as NaN."""
+    from google_crc32c import value as crc32c
+
+    length, row_shape = arr.chunks[0], tuple(arr.shape[1:])
+    dtype = np.dtype(arr.dtype).newbyteorder("<")
+    count = length * math.prod(row_shape)
+    out = np.full((rows, *row_shape), np.nan, dtype=np.dtype(arr.dtype))
+    bad = []
+    zeros = (0,) * len(row_shape)
+    for i in range(math.ceil(rows / length)):
+        first, end = i * length, min((i + 1) * length, rows)
+        key = arr.metadata.encode_chunk_key((i, *zeros))
+        try:
+            with open(os.path.join(loc.store, name, key), "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            continue
+        intact = len(raw) == count * dtype.itemsize + 4
+        if not intact or crc32c(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+            bad.append((first, end))
+            continue
+        block = np.frombuffer(raw, dtype=dtype, count=count).reshape(length, *row_shape)
+        out[first:end] = block[: end - first]
+    if bad:
+        spans = describe_spans(bad)
+        notes.append(f"{name}: damaged chunk(s) at step index {spans} read as NaN (checksum)")
     return out
 
 
@@ -165,8 +217,9 @@ def _is_lazy(lazy, name: str, nbytes: int) -> bool:
     return name in lazy
 
 
-def _variable(loc: Location, name: str, arr, dims, n: int, lazy, notes: list[str]):
-    """One stored array as an xarray Variable (step arrays cut to ``n``); None if unusable."""
+def _variable(loc: Location, name: str, arr, dims, n: int, lazy, notes: list[str], creating: bool):
+    """One stored array as an xarray Variable (step arrays cut to ``n``); None if unusable.
+    ``creating``: the writer is still creating the store, so a chunk may not be there yet."""
     import xarray as xr
 
     per_step = dims[:1] == (STEP,)
@@ -177,6 +230,8 @@ def _variable(loc: Location, name: str, arr, dims, n: int, lazy, notes: list[str
             raise RunStoreError(f"its shape {arr.shape} is implausibly large")
         missing = missing_rows(loc, name, arr, extent[0] if extent else 0)
         if missing and not per_step:
+            if creating:
+                return None
             raise RunStoreError("its data chunk is missing")
         if missing:
             spans = describe_spans(missing)
@@ -184,6 +239,8 @@ def _variable(loc: Location, name: str, arr, dims, n: int, lazy, notes: list[str
         nbytes = math.prod(extent) * np.dtype(arr.dtype).itemsize
         if per_step and _is_lazy(lazy, name, nbytes):
             values = _lazy(arr, rows, name, loc.shown)
+        elif per_step and _plain_layout(loc, arr):
+            values = _read_direct(loc, name, arr, rows, notes)
         else:
             values = as_public(_read_rows(arr, rows, name, notes))
         if per_step and rows < n:
@@ -222,6 +279,9 @@ def _dataset(data_vars: dict, coords: dict, attrs: dict, notes: list[str]) -> xr
 def _read(loc: Location, lazy) -> xr.Dataset:
     header = read_header(loc)
     n = header["n_steps"]
+    # A writer creates its arrays before the first commit: until then (or when it died
+    # before committing anything) a missing piece has lost nothing.
+    creating = n == 0 and header.get("status") == "running"
     group = open_group(loc, "r")
     notes: list[str] = []
     arrays = {}
@@ -229,8 +289,8 @@ def _read(loc: Location, lazy) -> xr.Dataset:
         try:
             arr = group[name]
         except Exception as err:  # noqa: BLE001
-            if n == 0 and loc.read(f"{name}/zarr.json") is None:
-                continue  # an array being created (or one a crash cut off before any step)
+            if creating and loc.read(f"{name}/zarr.json") is None:
+                continue
             notes.append(f"{name}: left out, its zarr.json is unreadable ({type(err).__name__})")
             continue
         if isinstance(arr, zarr.Array):
@@ -249,7 +309,7 @@ def _read(loc: Location, lazy) -> xr.Dataset:
     # Arrays are read side by side: zarr releases the GIL while it reads and checks chunks.
     with ThreadPoolExecutor(max_workers=4) as pool:
         futures = {
-            name: pool.submit(_variable, loc, name, arr, dims, n, lazy, notes)
+            name: pool.submit(_variable, loc, name, arr, dims, n, lazy, notes, creating)
             for name, (arr, dims) in arrays.items()
         }
     coords, data_vars = {}, {}

@@ -245,12 +245,16 @@ class Probe:
 
     def _before_forward(self, module: nn.Module, args: tuple) -> None:
         self._depth += 1
-        if self._depth > 1 or not self.records(self.step_index):
+        if self._depth > 1:
+            return
+        if not self.records(self.step_index):
+            # The taps' module hooks come with recorded steps and leave before any other
+            # forward: unrecorded steps run the model exactly as without a probe.
+            self._remove_forward_hooks()
             return
         row = self._current_row()
-        # The taps' module hooks live only through recorded forwards: other steps run the
-        # model exactly as without a probe (tensor hooks for the backward stay on the tensors).
-        self.taps.attach(self, self._forward_handles)
+        if not self._forward_handles:
+            self.taps.attach(self, self._forward_handles)
         self.taps.begin_forward(row)
         self.row = row
 
@@ -260,7 +264,6 @@ class Probe:
         if self._depth > 0 or row is None:
             return
         self.row = None
-        self._remove_forward_hooks()
         self.taps.end_forward(row)
         row.commit(self._index_tensor)
         out = first_tensor(output)

@@ -220,6 +220,11 @@ def test_lazy_variables_read_the_same_values_on_access(tmp_path):
         lazy["depth_weights"].isel(step=[3, 7], source=slice(1, 3)).values,
         eager["depth_weights"].isel(step=[3, 7], source=slice(1, 3)).values,
     )
+    weights = lazy["depth_weights"]
+    for index in [-1, 0, slice(2, 9, 3), slice(None, None, -2), [5, 1, 19], slice(4, 4)]:
+        np.testing.assert_array_equal(
+            weights.isel(step=index).values, eager["depth_weights"].isel(step=index).values
+        )
     xr.testing.assert_identical(lazy.load(), eager)
 
 

@@ -111,33 +111,49 @@ def _plain_layout(loc: Location, arr) -> bool:
     )
 
 
-def _read_direct(loc: Location, name: str, arr, rows: int, notes: list[str]) -> np.ndarray:
-    """``arr[:rows]`` of a plain-layout array, straight from its chunk files. A missing chunk
-    (reported by :func:`missing_rows`) or one failing its checksum reads as NaN."""
+def _read_direct(
+    loc: Location, name: str, arr, first: int, end: int, notes: list[str]
+) -> np.ndarray:
+    """Rows [first, end) of a plain-layout array, straight from its chunk files. A missing
+    chunk (reported by :func:`missing_rows`) or one failing its checksum reads as NaN."""
     from google_crc32c import value as crc32c
 
     length, row_shape = arr.chunks[0], tuple(arr.shape[1:])
     dtype = np.dtype(arr.dtype).newbyteorder("<")
     count = length * math.prod(row_shape)
-    out = np.full((rows, *row_shape), np.nan, dtype=np.dtype(arr.dtype))
-    bad = []
+    out = np.empty((end - first, *row_shape), dtype=np.dtype(arr.dtype))
     zeros = (0,) * len(row_shape)
-    for i in range(math.ceil(rows / length)):
-        first, end = i * length, min((i + 1) * length, rows)
-        key = arr.metadata.encode_chunk_key((i, *zeros))
+    bad = []
+
+    def read_chunk(i: int) -> None:
+        lo, hi = max(first, i * length), min(end, (i + 1) * length)
+        target = out[lo - first : hi - first]
         try:
-            with open(os.path.join(loc.store, name, key), "rb") as f:
+            with open(
+                os.path.join(loc.store, name, arr.metadata.encode_chunk_key((i, *zeros))), "rb"
+            ) as f:
                 raw = f.read()
         except FileNotFoundError:
-            continue
-        intact = len(raw) == count * dtype.itemsize + 4
-        if not intact or crc32c(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
-            bad.append((first, end))
-            continue
+            target[...] = np.nan
+            return
+        if len(raw) != count * dtype.itemsize + 4 or crc32c(raw[:-4]) != int.from_bytes(
+            raw[-4:], "little"
+        ):
+            target[...] = np.nan
+            bad.append((i * length, min((i + 1) * length, end)))
+            return
         block = np.frombuffer(raw, dtype=dtype, count=count).reshape(length, *row_shape)
-        out[first:end] = block[: end - first]
+        target[...] = block[lo - i * length : hi - i * length]
+
+    chunks = range(first // length, math.ceil(end / length))
+    if len(chunks) > 4:  # file reads, checksums and copies release the GIL
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(read_chunk, chunks))
+    else:
+        for i in chunks:
+            read_chunk(i)
     if bad:
-        spans = describe_spans(bad)
+        spans = describe_spans(sorted(bad))
         notes.append(f"{name}: damaged chunk(s) at step index {spans} read as NaN (checksum)")
     return out
 
@@ -145,8 +161,8 @@ def _read_direct(loc: Location, name: str, arr, rows: int, notes: list[str]) -> 
 _LAZY_CLASS: type | None = None
 
 
-def _lazy(arr, rows: int, name: str, shown: str):
-    """A lazily indexed view of ``arr[:rows]``: only what is selected is ever read."""
+def _lazy(loc: Location, arr, rows: int, name: str):
+    """A lazily indexed view of ``arr[:rows]``: only the selected rows are ever read."""
     global _LAZY_CLASS
     from xarray.backends import BackendArray
     from xarray.core import indexing
@@ -154,28 +170,47 @@ def _lazy(arr, rows: int, name: str, shown: str):
     if _LAZY_CLASS is None:
 
         class LazyStepArray(BackendArray):
-            def __init__(self, array, rows, name, shown):
-                self.array, self.name, self.shown = array, name, shown
+            def __init__(self, loc, array, rows, name):
+                self.loc, self.array, self.name = loc, array, name
                 self.shape = (rows, *array.shape[1:])
                 self.dtype = np.dtype(array.dtype)
+                self.direct = _plain_layout(loc, array)
 
             def __getitem__(self, key):
+                support = indexing.IndexingSupport
                 return indexing.explicit_indexing_adapter(
-                    key, self.shape, indexing.IndexingSupport.OUTER, self._raw
+                    key, self.shape, support.BASIC if self.direct else support.OUTER, self._raw
                 )
 
             def _raw(self, key):
+                if self.direct:
+                    return self._rows(key)
                 try:
                     return np.asarray(self.array.oindex[key])
                 except Exception as err:  # noqa: BLE001
                     raise run_error(
-                        self.shown,
+                        self.loc.shown,
                         f"reading {self.name!r} failed ({type(err).__name__}: {err})",
                         "open_run(..., lazy=False) reads its damaged chunks as NaN",
                     ) from None
 
+            def _rows(self, key):
+                """Basic indexing: read the rows in the range selected, pick the rest in RAM."""
+                rows = np.arange(self.shape[0])[key[0]]  # 0-d for an int: the dim goes
+                block = np.empty((0, *self.shape[1:]), self.dtype)
+                if rows.size:
+                    lo, hi = int(rows.min()), int(rows.max()) + 1
+                    notes: list[str] = []
+                    block = _read_direct(self.loc, self.name, self.array, lo, hi, notes)
+                    if notes:
+                        message = f"run {self.loc.shown} was read in part: {'; '.join(notes)}"
+                        warnings.warn(message, RunStoreWarning, stacklevel=2)
+                    if not (rows.ndim == 1 and rows.size == hi - lo and rows[0] == lo):
+                        block = block[rows - lo]  # not a plain run of rows
+                return block[key[1:]] if rows.ndim == 0 else block[(slice(None), *key[1:])]
+
         _LAZY_CLASS = LazyStepArray
-    return indexing.LazilyIndexedArray(_LAZY_CLASS(arr, rows, name, shown))
+    return indexing.LazilyIndexedArray(_LAZY_CLASS(loc, arr, rows, name))
 
 
 # ----------------------------------------------------------------------------- variables
@@ -238,9 +273,9 @@ def _variable(loc: Location, name: str, arr, dims, n: int, lazy, notes: list[str
             notes.append(f"{name}: chunk(s) missing at step index {spans}, read as NaN")
         nbytes = math.prod(extent) * np.dtype(arr.dtype).itemsize
         if per_step and _is_lazy(lazy, name, nbytes):
-            values = _lazy(arr, rows, name, loc.shown)
+            values = _lazy(loc, arr, rows, name)
         elif per_step and _plain_layout(loc, arr):
-            values = _read_direct(loc, name, arr, rows, notes)
+            values = _read_direct(loc, name, arr, 0, rows, notes)
         else:
             values = as_public(_read_rows(arr, rows, name, notes))
         if per_step and rows < n:

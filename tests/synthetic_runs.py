@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import numpy as np
@@ -125,3 +126,16 @@ def trained_runs() -> dict[str, object]:
             runs[kind] = run
         _TRAINED["runs"] = runs
     return _TRAINED["runs"]
+
+
+def decode(v):
+    """A plotly JSON array (plain list or base64 typed array) as numpy."""
+    if isinstance(v, dict) and "bdata" in v:
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        return a.reshape([int(s) for s in str(v["shape"]).split(",")]) if "shape" in v else a
+    return np.asarray(v, dtype=object if v and isinstance(v[0], str) else None)
+
+
+def traces(fig) -> list[dict]:
+    """The traces as they appear in the figure's JSON (what a browser receives)."""
+    return json.loads(fig.to_json())["data"]

@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import base64
 import json
 
 import numpy as np
 import plotly.graph_objects as go
 import pytest
-from synthetic_runs import FULL_WEIGHTS, FULL_WEIGHTS_OUT, baseline_run, full_run
+from synthetic_runs import FULL_WEIGHTS, FULL_WEIGHTS_OUT, baseline_run, decode, full_run, traces
 
 from attnres_probe import figures
 from attnres_probe.analysis import pruning
 from attnres_probe.analysis.select import AnalysisError
-
-
-def decode(v):
-    """A plotly JSON array (plain list or base64 typed array) as numpy."""
-    if isinstance(v, dict) and "bdata" in v:
-        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
-        return a.reshape([int(s) for s in str(v["shape"]).split(",")]) if "shape" in v else a
-    return np.asarray(v, dtype=object if v and isinstance(v[0], str) else None)
-
-
-def traces(fig: go.Figure) -> list[dict]:
-    """The traces as they appear in the figure's JSON (what a browser receives)."""
-    return json.loads(fig.to_json())["data"]
 
 
 def with_pruning(ds, increases, base=2.0):

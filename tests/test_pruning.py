@@ -175,7 +175,7 @@ def test_prune_command_prints_the_table_and_one_line_errors(planted_run, tmp_pat
 
 
 def test_pruned_run_shows_in_the_figure_and_the_summary(planted_run):
-    from test_figures import decode, traces
+    from synthetic_runs import decode, traces
 
     from attnres_probe import figures
     from attnres_probe.analysis.summary import run_summary

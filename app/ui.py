@@ -198,13 +198,25 @@ def selected(all_rows: list[catalog.RunRow]) -> tuple[catalog.RunRow, Path] | No
     name = st.session_state.get(RUN_KEY)
     row = next((r for r in all_rows if r.name == name and r.openable), None)
     root_info = root()
-    if row is None or root_info.path is None:
-        if root_info.path is None:
-            st.warning(catalog.literal(root_info.note))
-        else:
-            st.info(f"No run to show. Make one:\n\n```\n{make_run_hint(root_info.path)}\n```")
+    if root_info.path is None:
+        return None  # header() said why
+    if row is None:
+        st.info(f"No run to show. Make one:\n\n```\n{make_run_hint(root_info.path)}\n```")
         return None
+    st.caption(catalog.literal(describe_row(row)))
     return row, catalog.resolve_run(root_info.path, row.name)
+
+
+def describe_row(row: catalog.RunRow) -> str:
+    """One line about the shown run: name, kind, size, progress and whether it refreshes."""
+    state = row.state
+    if row.state == "live":
+        every = refresh_every(True)
+        state = f"live, refreshing every {every:g} s" if every else "live, refresh off"
+    return (
+        f"{row.name} · {row.kind} · {row.layers} layers ({row.sublayers} sublayers) · "
+        f"{row.steps} recorded steps · {state}"
+    )
 
 
 def make_run_hint(root_path: Path) -> str:
@@ -212,8 +224,12 @@ def make_run_hint(root_path: Path) -> str:
 
 
 def header(title: str) -> None:
-    """The page title and, when the URL named a run that is not served, why."""
+    """The page title; a warning when there is no ROOT to serve, or when the URL named a run
+    that is not served."""
     st.title(title)
+    root_info = root()
+    if root_info.path is None:
+        st.warning(catalog.literal(root_info.note))
     refused = st.session_state.get(REFUSED_KEY)
     if refused:
         st.warning(catalog.literal(refused))
@@ -237,9 +253,26 @@ def chart(make: Callable[[], object], key: str | None = None) -> bool:
     return True
 
 
-def live(body: Callable[[], None], is_live: bool) -> None:
-    """Run ``body`` as a fragment that re-runs on the refresh interval while ``is_live``."""
-    st.fragment(run_every=refresh_every(is_live))(body)()
+def live(body: Callable[[], None], is_live: bool, path: Path | None = None) -> None:
+    """Run ``body`` as a fragment that re-runs on the refresh interval while ``is_live``.
+
+    With ``path`` (the run shown), a run that stops being live (finished, or its writer died)
+    redraws the whole page once, which stops the polling and updates the sidebar.
+    """
+
+    def fragment() -> None:
+        body()
+        if is_live and path is not None and _status(path) != "live":
+            _row.clear()
+            st.rerun()
+
+    st.fragment(run_every=refresh_every(is_live))(fragment)()
+
+
+def _status(path: Path) -> str:
+    from attnres_probe.store import run_info
+
+    return run_info(path).status
 
 
 def current_rows() -> list[catalog.RunRow]:

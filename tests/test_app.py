@@ -6,11 +6,13 @@ on figure data and titles, not pixels (the browser test covers rendering).
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 from test_app_runs import (
@@ -43,10 +45,21 @@ def root(tmp_path_factory):
     return root
 
 
+@functools.cache
+def _installed_components():
+    from streamlit.components.v2 import manifest_scanner
+
+    return manifest_scanner.scan_component_manifests()
+
+
 @pytest.fixture
 def dashboard(root, monkeypatch):
     """Open the dashboard on ``page`` with a query string, as a browser would; checks no page
     raised."""
+    from streamlit.components.v2 import manifest_scanner
+
+    # Every AppTest rescans all installed packages for components (~1 s); scan once.
+    monkeypatch.setattr(manifest_scanner, "scan_component_manifests", _installed_components)
     monkeypatch.setenv(ROOT_ENV, str(root))
 
     def open_page(page: str = "runs", **query) -> AppTest:
@@ -129,13 +142,16 @@ def test_with_no_runs_the_page_says_how_to_make_one(dashboard, tmp_path, monkeyp
     assert "attnres-probe train" in texts(at, "info")[0]
 
 
-def test_without_sample_runs_the_page_says_they_are_not_installed(dashboard, monkeypatch):
+def test_without_sample_runs_every_page_says_they_are_not_installed(dashboard, monkeypatch):
     from attnres_probe.app import catalog
 
     monkeypatch.delenv(ROOT_ENV)
     monkeypatch.setattr(catalog, "bundled_sample_runs", lambda: None)
-    at = dashboard()
-    assert "sample_runs" in plain(texts(at, "warning")[0])
+    for page in ("runs", *PAGES):
+        at = dashboard(page)
+        (warning,) = texts(at, "warning")
+        assert "sample_runs" in plain(warning) and "not installed" in plain(warning)
+        assert not charts(at)
 
 
 # ----------------------------------------------------------------------------- URL
@@ -275,13 +291,11 @@ def test_compare_defaults_to_a_baseline_against_an_attnres_run(dashboard):
     assert kinds == {"baseline", "attnres"}
 
 
-def test_a_live_run_shows_new_flushes_on_the_next_refresh(dashboard, root):
+def test_a_live_run_shows_new_flushes_and_its_end_on_the_next_refresh(dashboard, root):
     at = dashboard("dilution", run=LIVE)
     assert at.sidebar.selectbox(key="refresh").value == "5 s"
     assert at.slider(key="step").max == 7
-    writer = next(w for w in _live_writers if Path(w.path).name == LIVE)
-    import numpy as np
-
+    writer = next(w for w in _live_writers if Path(w.path) == root / LIVE)
     rng = np.random.default_rng(0)
     for i in range(8, 12):
         writer.append(i, step_values(small("full"), i, 12, rng))
@@ -289,3 +303,7 @@ def test_a_live_run_shows_new_flushes_on_the_next_refresh(dashboard, root):
     at.run()
     assert at.slider(key="step").max == 11
     assert at.slider(key="step").value == 11  # an untouched slider follows the run
+    writer.close()
+    at.switch_page("views/runs.py").run()
+    table = at.dataframe[0].value.set_index("run")
+    assert table.loc[LIVE, "state"] == "finished" and table.loc[LIVE, "recorded steps"] == 12

@@ -11,13 +11,14 @@ ui.header("Compare")
 rows = [r for r in ui.current_rows() if r.openable]
 root = ui.root()
 
-if len(rows) < 2:
+if root.path is None:
+    pass  # the header said why there is nothing to compare
+elif len(rows) < 2:
     st.info(
         "Comparing needs at least two readable runs under ROOT; there "
         f"{'is' if len(rows) == 1 else 'are'} {len(rows)}. Make another one:"
     )
-    if root.path is not None:
-        st.code(ui.make_run_hint(root.path), language="bash")
+    st.code(ui.make_run_hint(root.path), language="bash")
 else:
     names = [r.name for r in rows]
     default = names[:2]

@@ -36,7 +36,7 @@ if picked is not None:
             ui.chart(lambda: figures.depth_heatmap(runs, step=step, fraction=1.0), key="heatmap")
             ui.chart(lambda: figures.depth_entropy(runs, step=step, fraction=1.0), key="entropy")
 
-        ui.live(body, is_live=row.state == "live")
+        ui.live(body, is_live=row.state == "live", path=path)
 
         st.subheader("Per token")
         if not row.has_checkpoint:

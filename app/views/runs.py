@@ -64,7 +64,6 @@ def body() -> None:
 
 
 if root.path is None:
-    st.warning(catalog.literal(root.note))
     st.markdown("Start the dashboard on a folder of runs, or make one first:")
     st.code(ui.make_run_hint("runs"), language="bash")
 else:

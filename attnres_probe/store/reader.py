@@ -13,7 +13,6 @@ import hashlib
 import itertools
 import json
 import math
-import os
 import warnings
 from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -21,10 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BytesCodec, Crc32cCodec
-from zarr.codecs.bytes import Endian
-from zarr.core.chunk_grids import RegularChunkGrid
 
+from attnres_probe.store import chunkfile
 from attnres_probe.store.header import effective_status, open_group, read_header, writer_alive
 from attnres_probe.store.location import Location, locate
 from attnres_probe.store.schema import (
@@ -94,56 +91,29 @@ def _read_rows(arr, rows: int | None, name: str, notes: list[str]) -> np.ndarray
     return out
 
 
-def _plain_layout(loc: Location, arr) -> bool:
-    """True for the layout RunWriter writes on a local disk: float chunks of whole rows,
-    stored as little-endian bytes followed by a CRC32C — which :func:`_read_direct` reads
-    without zarr's per-chunk machinery (three times faster for long runs)."""
-    if loc.fs is not None or arr.ndim == 0 or arr.dtype.kind != "f":
-        return False
-    codecs = arr.metadata.codecs
-    return (
-        len(codecs) == 2
-        and isinstance(codecs[0], BytesCodec)
-        and codecs[0].endian in (Endian.little, None)
-        and isinstance(codecs[1], Crc32cCodec)
-        and isinstance(arr.metadata.chunk_grid, RegularChunkGrid)
-        and tuple(arr.chunks[1:]) == tuple(arr.shape[1:])
-    )
-
-
 def _read_direct(
     loc: Location, name: str, arr, first: int, end: int, notes: list[str]
 ) -> np.ndarray:
-    """Rows [first, end) of a plain-layout array, straight from its chunk files. A missing
-    chunk (reported by :func:`missing_rows`) or one failing its checksum reads as NaN."""
-    from google_crc32c import value as crc32c
-
-    length, row_shape = arr.chunks[0], tuple(arr.shape[1:])
-    dtype = np.dtype(arr.dtype).newbyteorder("<")
-    count = length * math.prod(row_shape)
-    out = np.empty((end - first, *row_shape), dtype=np.dtype(arr.dtype))
-    zeros = (0,) * len(row_shape)
+    """Rows [first, end) of a plain-layout float array, straight from its chunk files. A
+    missing chunk (reported by :func:`missing_rows`) or a damaged one reads as NaN."""
+    length = arr.chunks[0]
+    out = np.empty((end - first, *arr.shape[1:]), dtype=np.dtype(arr.dtype))
     bad = []
 
     def read_chunk(i: int) -> None:
         lo, hi = max(first, i * length), min(end, (i + 1) * length)
         target = out[lo - first : hi - first]
         try:
-            with open(
-                os.path.join(loc.store, name, arr.metadata.encode_chunk_key((i, *zeros))), "rb"
-            ) as f:
-                raw = f.read()
+            with open(chunkfile.chunk_path(loc, name, arr, i), "rb") as f:
+                block = chunkfile.decode(f.read(), arr)
         except FileNotFoundError:
             target[...] = np.nan
             return
-        if len(raw) != count * dtype.itemsize + 4 or crc32c(raw[:-4]) != int.from_bytes(
-            raw[-4:], "little"
-        ):
+        if block is None:
             target[...] = np.nan
             bad.append((i * length, min((i + 1) * length, end)))
-            return
-        block = np.frombuffer(raw, dtype=dtype, count=count).reshape(length, *row_shape)
-        target[...] = block[lo - i * length : hi - i * length]
+        else:
+            target[...] = block[lo - i * length : hi - i * length]
 
     chunks = range(first // length, math.ceil(end / length))
     if len(chunks) > 4:  # file reads, checksums and copies release the GIL
@@ -156,6 +126,10 @@ def _read_direct(
         spans = describe_spans(sorted(bad))
         notes.append(f"{name}: damaged chunk(s) at step index {spans} read as NaN (checksum)")
     return out
+
+
+def _direct(loc: Location, arr) -> bool:
+    return chunkfile.plain_layout(loc, arr) and arr.dtype.kind == "f"
 
 
 _LAZY_CLASS: type | None = None
@@ -174,7 +148,7 @@ def _lazy(loc: Location, arr, rows: int, name: str):
                 self.loc, self.array, self.name = loc, array, name
                 self.shape = (rows, *array.shape[1:])
                 self.dtype = np.dtype(array.dtype)
-                self.direct = _plain_layout(loc, array)
+                self.direct = _direct(loc, array)
 
             def __getitem__(self, key):
                 support = indexing.IndexingSupport
@@ -274,7 +248,7 @@ def _variable(loc: Location, name: str, arr, dims, n: int, lazy, notes: list[str
         nbytes = math.prod(extent) * np.dtype(arr.dtype).itemsize
         if per_step and _is_lazy(lazy, name, nbytes):
             values = _lazy(loc, arr, rows, name)
-        elif per_step and _plain_layout(loc, arr):
+        elif per_step and _direct(loc, arr):
             values = _read_direct(loc, name, arr, 0, rows, notes)
         else:
             values = as_public(_read_rows(arr, rows, name, notes))

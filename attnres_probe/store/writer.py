@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from attnres_probe.store import chunkfile
 from attnres_probe.store.header import (
     open_group,
     read_header,
@@ -280,6 +281,7 @@ class RunWriter:
         for name, dims in self._variables.items():
             self._arrays[name] = self._step_array(name, dims, np.float32, np.nan, "variable")
         self._n = self._capacity = self._chunk_start = 0
+        self._direct = all(chunkfile.plain_layout(loc, a) for a in self._arrays.values())
         self._reset_buffers()
 
     def _step_array(self, name: str, dims, dtype, fill, array_role: str):
@@ -339,6 +341,7 @@ class RunWriter:
                 "record a new run",
             )
         self.chunk_steps = lengths.pop()
+        self._direct = all(chunkfile.plain_layout(loc, a) for a in self._arrays.values())
         self._capacity = min(a.shape[0] for a in self._arrays.values())
         self._chunk_start = (self._n // self.chunk_steps) * self.chunk_steps
         self._reset_buffers()
@@ -413,8 +416,7 @@ class RunWriter:
                 grown = start + 4 * self.chunk_steps
                 self._each(lambda _, a: a.resize((grown, *a.shape[1:])))
                 self._capacity = grown
-            buffers = self._buffers
-            self._each(lambda name, a: a.__setitem__(slice(start, end), buffers[name]))
+            self._each(self._write_chunk)
             self._commit(n_steps=n)
         except Exception as err:  # noqa: BLE001 - any filesystem's failure, one clear error
             raise run_error(
@@ -427,6 +429,15 @@ class RunWriter:
         if self._filled == self.chunk_steps:
             self._chunk_start = end
             self._reset_buffers()
+
+    def _write_chunk(self, name: str, arr) -> None:
+        """Rewrite the current chunk of one array whole from the buffer (never a read)."""
+        index = self._chunk_start // self.chunk_steps
+        if self._direct:
+            path = chunkfile.chunk_path(self._loc, name, arr, index)
+            chunkfile.write(path, chunkfile.encode(self._buffers[name]))
+        else:
+            arr[self._chunk_start : self._chunk_start + self.chunk_steps] = self._buffers[name]
 
     def _each(self, fn: Callable) -> None:
         futures = [self._pool.submit(fn, name, a) for name, a in self._arrays.items()]

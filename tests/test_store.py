@@ -129,7 +129,10 @@ def test_append_rejects_unknown_names_and_wrong_shapes(tmp_path):
         with pytest.raises(RunStoreError, match="not a variable"):
             w.append(0, {"los": 1.0})
         with pytest.raises(RunStoreError, match=r"shape \(3,\), expected \(4,\)"):
-            w.append(0, {"hidden_rms": np.ones(3)})
+            w.append(0, {"loss": 9.0, "hidden_rms": np.ones(3)})
+        w.append(0, {"update_rms": np.ones(4)})
+    ds = open_run(tmp_path / "run")
+    assert ds.sizes["step"] == 1 and np.isnan(ds["loss"].values[0])  # nothing of the bad step
 
 
 def test_writer_rejects_a_schema_it_cannot_store(tmp_path):

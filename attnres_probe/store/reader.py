@@ -105,10 +105,13 @@ def _read_direct(
         target = out[lo - first : hi - first]
         try:
             with open(chunkfile.chunk_path(loc, name, arr, i), "rb") as f:
-                block = chunkfile.decode(f.read(), arr)
-        except FileNotFoundError:
+                raw = f.read()
+        except FileNotFoundError:  # reported by missing_rows
             target[...] = np.nan
             return
+        except OSError:
+            raw = b""  # unreadable: damaged
+        block = chunkfile.decode(raw, arr)
         if block is None:
             target[...] = np.nan
             bad.append((i * length, min((i + 1) * length, end)))
@@ -315,7 +318,7 @@ def _read(loc: Location, lazy) -> xr.Dataset:
     elif any(dims[:1] == (STEP,) for _, dims in arrays.values()):
         notes.append("step: the step coordinate is missing, steps are numbered by position")
 
-    # Arrays are read side by side: zarr releases the GIL while it reads and checks chunks.
+    # Arrays are read side by side: file reads, checksums and copies release the GIL.
     with ThreadPoolExecutor(max_workers=4) as pool:
         futures = {
             name: pool.submit(_variable, loc, name, arr, dims, n, lazy, notes, creating)

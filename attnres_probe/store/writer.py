@@ -3,9 +3,10 @@
 Every per-step array is chunked along ``step`` (``chunk_steps``, 256 by default) and the
 writer keeps the current chunk of every array in RAM. A flush rewrites that chunk of every
 array whole — one file write each, side by side, never a read-modify-write — and then
-commits by rewriting the root ``zarr.json`` with ``n_steps``. Arrays grow a chunk at a time
-ahead of the marker; ``close()`` trims them to it. A writer killed at any point leaves every
-committed flush readable.
+commits by rewriting the root ``zarr.json`` with ``n_steps``. Arrays grow four chunks at a
+time ahead of the marker; ``close()`` trims them to it. A writer killed at any point leaves
+every committed flush readable. On a local disk the chunk files are written directly
+(:mod:`chunkfile`); elsewhere through zarr.
 """
 
 from __future__ import annotations
@@ -384,7 +385,7 @@ class RunWriter:
             raise run_error(self._loc.shown, "append() after close()", "open a new RunWriter")
         if self._filled == self.chunk_steps:  # a full chunk whose flush failed: retry first
             self.flush()
-        row = self._filled
+        checked = []  # every value is checked before any is buffered
         for name, value in values.items():
             target = self._buffers.get(name)
             if target is None or name == STEP:
@@ -398,6 +399,9 @@ class RunWriter:
                     f"append(): {name!r} has shape {value.shape}, expected {target.shape[1:]} "
                     f"for dims {self._variables[name][1:]}"
                 )
+            checked.append((target, value))
+        row = self._filled
+        for target, value in checked:
             target[row] = value
         self._buffers[STEP][row] = step
         self._filled += 1

@@ -213,6 +213,22 @@ def describe_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}"
 
 
+def decoded_attrs(attrs: dict) -> dict:
+    """A run's attributes with the JSON strings among them (model_config, versions, ...)
+    decoded into nested values, for display; other values unchanged."""
+    import json
+
+    out = {}
+    for key, value in attrs.items():
+        if isinstance(value, str) and value[:1] in "{[":
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        out[str(key)] = value
+    return out
+
+
 _MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$&])")
 
 

@@ -20,6 +20,7 @@ from test_app_runs import (
     BROKEN,
     ESCAPE,
     FULL,
+    HTML_ATTR,
     HTML_NAME,
     INTERRUPTED,
     LIVE,
@@ -131,6 +132,15 @@ def test_a_run_named_with_html_is_shown_literally_everywhere(dashboard):
     (info,) = texts(at, "info")
     assert "<" not in info.replace("\\<", "") and "**" not in info.replace("\\*", "")
     assert plain(info).startswith(HTML_NAME)
+
+
+def test_run_attributes_with_html_are_shown_as_literal_json(dashboard):
+    at = dashboard(run=HTML_NAME)
+    (attrs,) = at.json
+    shown = json.loads(attrs.value)
+    assert shown["run_name"] == HTML_NAME and shown["corpus"] == HTML_ATTR
+    assert shown["model_config"]["residual"] == "baseline"  # JSON strings are decoded
+    assert "Attributes of" in plain(at.expander[0].label)
 
 
 def test_with_no_runs_the_page_says_how_to_make_one(dashboard, tmp_path, monkeypatch):
@@ -294,6 +304,10 @@ def test_compare_defaults_to_a_baseline_against_an_attnres_run(dashboard):
 def test_a_live_run_shows_new_flushes_and_its_end_on_the_next_refresh(dashboard, root):
     at = dashboard("dilution", run=LIVE)
     assert at.sidebar.selectbox(key="refresh").value == "5 s"
+    assert any("live, refreshing every 5 s" in plain(c) for c in texts(at, "caption"))
+    at.sidebar.selectbox(key="refresh").select("off").run()
+    assert any("live, refresh off" in plain(c) for c in texts(at, "caption"))
+    at.sidebar.selectbox(key="refresh").select("2 s").run()
     assert at.slider(key="step").max == 7
     writer = next(w for w in _live_writers if Path(w.path) == root / LIVE)
     rng = np.random.default_rng(0)

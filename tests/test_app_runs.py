@@ -17,6 +17,7 @@ import pytest
 from attnres_probe.models.config import ModelConfig
 
 HTML_NAME = "<img src=x onerror=alert(1)> **b** [l](u)"
+HTML_ATTR = "<script>alert(2)</script> _i_ :red[r]"
 BASELINE = "exp/baseline"
 FULL = "exp/full"
 LIVE = "live-full"
@@ -84,6 +85,7 @@ def record(
     run_name: str | None = None,
     flush_every: int = 64,
     seed: int = 0,
+    extra_attrs: dict | None = None,
 ):
     """Write a run of ``n_steps`` recorded steps; ``status=None`` leaves the writer open (live).
     Returns the writer."""
@@ -97,6 +99,7 @@ def record(
     }
     if run_name is not None:
         attrs["run_name"] = run_name
+    attrs |= extra_attrs or {}
     writer = RunWriter(
         run_dir,
         variables=variables_of(cfg),
@@ -126,7 +129,14 @@ def build_root(base: Path) -> Path:
     record(root / FULL, small("full"), 30, every=10, seed=1)
     record(root / LIVE, small("full"), 8, status=None, seed=2)
     record(root / INTERRUPTED, small("baseline"), 5, status="interrupted", seed=3)
-    record(root / HTML_NAME, small("baseline"), 6, run_name=HTML_NAME, seed=4)
+    record(
+        root / HTML_NAME,
+        small("baseline"),
+        6,
+        run_name=HTML_NAME,
+        seed=4,
+        extra_attrs={"corpus": HTML_ATTR},
+    )
     broken = root / BROKEN / "recording.zarr"
     broken.mkdir(parents=True)
     (broken / "zarr.json").write_text('{"zarr_format": 3, "node_type": "gr')  # cut short

@@ -20,8 +20,20 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
+import numpy as np
 import pytest
-from test_app_runs import BASELINE, FULL, HTML_NAME, LIVE, TRAINED, build_root, trained_run
+from test_app_runs import (
+    BASELINE,
+    FULL,
+    HTML_NAME,
+    LIVE,
+    TRAINED,
+    _live_writers,
+    build_root,
+    small,
+    step_values,
+    trained_run,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -57,6 +69,19 @@ pytestmark = [
         reason=f"no Chromium at {CHROMIUM}: apt-get install -y chromium to run the browser test",
     ),
 ]
+
+
+SLIDER = "[data-testid='stSlider'] input[type='range']"
+SLIDER_MAX_ABOVE = f"""v => Number(document.querySelector("{SLIDER}").max) > v"""
+
+
+def append_steps(run_dir: Path, first: int, count: int) -> None:
+    """Record ``count`` more steps into a live run through its (still open) writer."""
+    writer = next(w for w in _live_writers if Path(w.path) == run_dir)
+    rng = np.random.default_rng(first)
+    for step in range(first, first + count):
+        writer.append(step, step_values(small("full"), step, first + count, rng))
+    writer.flush()
 
 
 def free_port() -> int:
@@ -99,7 +124,7 @@ def server(tmp_path_factory):
         # Trained while the server starts; the run table is read afresh on every page.
         shutil.copytree(trained_run(tmp_path_factory.getbasetemp()), root / TRAINED)
         wait_healthy(url, proc, log)
-        yield url, log
+        yield url, log, root
     finally:
         proc.terminate()  # the command stops its Streamlit server itself
         try:
@@ -130,7 +155,7 @@ def test_every_page_renders_in_a_real_browser_without_an_exception(server):
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
     )
-    url, log = server
+    url, log, root = server
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
@@ -165,6 +190,17 @@ def test_every_page_renders_in_a_real_browser_without_an_exception(server):
             page.reload()
             settle(page)
             assert page.get_by_role("combobox", name="Run").input_value() == LIVE
+
+            # A live run refreshes by itself: new flushes reach the page without a reload.
+            page.goto(f"{url}/dilution{query_string({'run': LIVE})}")
+            settle(page)
+            page.get_by_role("combobox", name="Live refresh").click()
+            page.get_by_role("option", name="2 s", exact=True).click()
+            settle(page)
+            before = int(page.locator(SLIDER).first.evaluate("el => el.max"))
+            append_steps(root / LIVE, before + 1, 4)
+            page.wait_for_function(SLIDER_MAX_ABOVE, arg=before, timeout=15_000)
+            assert int(page.locator(SLIDER).first.evaluate("el => el.value")) == before + 4
 
             # A URL climbing out of ROOT is refused on the page, and nothing outside is shown.
             page.goto(f"{url}/dilution?run=..%2Foutside")

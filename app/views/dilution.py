@@ -27,9 +27,9 @@ if picked is not None:
         "sublayer's relative contribution shrinks; AttnRes keeps the stream a weighted average."
     )
     over_training = st.checkbox(
-        f"Overlay {OVERLAY_STEPS} steps across training", key="over_training"
+        f"Overlay {OVERLAY_STEPS} steps across training", key="over_training", bind="query-params"
     )
-    log_y = st.checkbox("Log scale", key="log_y")
+    log_y = st.checkbox("Log scale", key="log_y", bind="query-params")
 
     def body() -> None:
         ds = ui.load(path)

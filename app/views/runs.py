@@ -63,6 +63,17 @@ def body() -> None:
     ui.chart(make, key="loss")
 
 
+def details(name: str) -> None:
+    """The stored attributes of the run picked in the sidebar, as a JSON tree (literal text)."""
+    with st.expander(catalog.literal(f"Attributes of {name}")):
+        try:
+            attrs = ui.load(catalog.resolve_run(root.path, name)).attrs
+        except Exception as err:  # noqa: BLE001 - shown, never raised
+            ui.error(err)
+            return
+        st.json(catalog.decoded_attrs(attrs), expanded=1)
+
+
 if root.path is None:
     st.markdown("Start the dashboard on a folder of runs, or make one first:")
     st.code(ui.make_run_hint("runs"), language="bash")
@@ -75,3 +86,5 @@ else:
         st.code(ui.make_run_hint(root.path), language="bash")
     else:
         ui.live(body, is_live=any(r.state == "live" for r in rows))
+        if st.session_state.get(ui.RUN_KEY):
+            details(st.session_state[ui.RUN_KEY])

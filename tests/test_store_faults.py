@@ -257,6 +257,10 @@ def test_a_deleted_chunk_reads_as_nan_and_says_what_it_dropped(tmp_path):
     )
     assert ds["loss"].values.tolist() == list(range(30))
     assert "hidden_rms: chunk(s) missing" in str(repair(run))
+    lazy = _read_quietly(run, lazy=True)
+    (run / "recording.zarr" / "loss" / "c.2").unlink()  # deleted after the run was opened
+    with pytest.warns(RunStoreWarning, match="loss: chunk.s. missing at step index 20–29"):
+        assert np.isnan(lazy["loss"].values[20:]).all()
 
 
 def test_a_corrupt_chunk_is_detected_instead_of_read_as_numbers(tmp_path):

@@ -92,13 +92,20 @@ def _read_rows(arr, rows: int | None, name: str, notes: list[str]) -> np.ndarray
 
 
 def _read_direct(
-    loc: Location, name: str, arr, first: int, end: int, notes: list[str]
+    loc: Location,
+    name: str,
+    arr,
+    first: int,
+    end: int,
+    notes: list[str],
+    note_missing: bool = False,
 ) -> np.ndarray:
     """Rows [first, end) of a plain-layout float array, straight from its chunk files. A
-    missing chunk (reported by :func:`missing_rows`) or a damaged one reads as NaN."""
+    missing chunk (noted only with ``note_missing``: :func:`missing_rows` reports them at
+    open) or a damaged one reads as NaN."""
     length = arr.chunks[0]
     out = np.empty((end - first, *arr.shape[1:]), dtype=np.dtype(arr.dtype))
-    bad = []
+    bad, gone = [], []
 
     def read_chunk(i: int) -> None:
         lo, hi = max(first, i * length), min(end, (i + 1) * length)
@@ -106,8 +113,9 @@ def _read_direct(
         try:
             with open(chunkfile.chunk_path(loc, name, arr, i), "rb") as f:
                 raw = f.read()
-        except FileNotFoundError:  # reported by missing_rows
+        except FileNotFoundError:
             target[...] = np.nan
+            gone.append((i * length, min((i + 1) * length, end)))
             return
         except OSError:
             raw = b""  # unreadable: damaged
@@ -128,6 +136,9 @@ def _read_direct(
     if bad:
         spans = describe_spans(sorted(bad))
         notes.append(f"{name}: damaged chunk(s) at step index {spans} read as NaN (checksum)")
+    if gone and note_missing:
+        spans = describe_spans(sorted(gone))
+        notes.append(f"{name}: chunk(s) missing at step index {spans}, read as NaN")
     return out
 
 
@@ -178,7 +189,9 @@ def _lazy(loc: Location, arr, rows: int, name: str):
                 if rows.size:
                     lo, hi = int(rows.min()), int(rows.max()) + 1
                     notes: list[str] = []
-                    block = _read_direct(self.loc, self.name, self.array, lo, hi, notes)
+                    block = _read_direct(
+                        self.loc, self.name, self.array, lo, hi, notes, note_missing=True
+                    )
                     if notes:
                         message = f"run {self.loc.shown} was read in part: {'; '.join(notes)}"
                         warnings.warn(message, RunStoreWarning, stacklevel=2)

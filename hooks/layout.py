@@ -241,15 +241,32 @@ class StepRow:
         for name, (indices, values) in self.tensors.items():
             if values:
                 with torch.no_grad():
-                    norms = torch._foreach_norm(values, 2, dtype=torch.float32)
-                for index, norm in zip(indices, norms, strict=True):
-                    self.add_norm(name, index, norm)
+                    self.add_vector(name, tuple(indices), batched_norms(values).square())
                 indices.clear()
                 values.clear()
 
 
 # Pending tensors held at most before their norms are taken (bounds the memory kept alive).
 MAX_PENDING_TENSORS = 16
+# On CPU, equal-shaped tensors with at most this many elements in all are stacked and reduced
+# in one op: at small sizes the per-op overhead, not the arithmetic, is what costs.
+STACK_BUDGET = 1 << 22
+
+
+def stackable(values: list[torch.Tensor]) -> bool:
+    first = values[0]
+    return (
+        first.device.type == "cpu"
+        and first.numel() * len(values) <= STACK_BUDGET
+        and all(v.shape == first.shape and v.dtype == first.dtype for v in values)
+    )
+
+
+def batched_norms(values: list[torch.Tensor]) -> torch.Tensor:
+    """‖v‖₂ of each tensor as float32 [len(values)], in as few ops as the device allows."""
+    if stackable(values):
+        return torch.linalg.vector_norm(torch.stack(values).flatten(1), dim=1, dtype=torch.float32)
+    return torch.stack(torch._foreach_norm(values, 2, dtype=torch.float32))
 
 
 def _append(terms: dict, name: str, index: int, value: torch.Tensor) -> None:

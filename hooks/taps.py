@@ -27,7 +27,7 @@ from torch.utils.hooks import RemovableHandle
 
 from attnres_probe import ops
 from attnres_probe.hooks.discovery import LayerSpec
-from attnres_probe.hooks.layout import ProbeShape, StepRow
+from attnres_probe.hooks.layout import MAX_PENDING_TENSORS, ProbeShape, StepRow, stackable
 
 __all__ = ["NativeTaps", "ModuleTaps", "is_native", "first_tensor", "norm32"]
 
@@ -118,7 +118,8 @@ def _update_hook(rec: Recorder, index: int, with_grad: bool, defer: bool = False
 
 
 class _StreamPairs:
-    """Accumulates cos(stream entering layer i, stream leaving it) per layer.
+    """Accumulates cos(stream entering layer i, stream leaving it) per layer, for layers whose
+    input and output the hooks see separately (any PreNorm decoder).
 
     Per stream one per-token norm, per layer one per-token dot; the cosines are formed and
     summed for all layers at once when the forward ends (:meth:`finish`).
@@ -162,10 +163,66 @@ class _StreamPairs:
             with torch.no_grad():
                 dots, norms_in, norms_out = (torch.stack(t) for t in zip(*self.terms, strict=True))
                 sums = cos_sum(dots.flatten(1), norms_in.flatten(1), norms_out.flatten(1))
-            row.add_vector("cos_sum", tuple(self.layers), sums)
-            for layer, tokens in zip(self.layers, self.tokens, strict=True):
-                row.counts["cos_tokens"][layer] += tokens
+            _add_cos(row, self.layers, self.tokens, sums)
         self.clear()
+
+
+def _add_cos(row: StepRow, layers: list[int], tokens: list[int], sums: torch.Tensor) -> None:
+    row.add_vector("cos_sum", tuple(layers), sums)
+    for layer, n in zip(layers, tokens, strict=True):
+        row.counts["cos_tokens"][layer] += n
+
+
+class _StreamChain(_StreamPairs):
+    """The streams of this project's models: ``hook_stream[i]`` enters layer i and leaves
+    layer i − 1. Small CPU streams are kept (autograd keeps them anyway) and reduced together
+    when the forward ends, a few ops for all layers; others are reduced as they come."""
+
+    def __init__(self, rec: Recorder):
+        super().__init__(rec)
+        self.kept: list[tuple[int, torch.Tensor]] = []
+
+    def clear(self) -> None:
+        super().clear()
+        self.kept.clear()
+
+    def add(self, row: StepRow, index: int, x: torch.Tensor) -> None:
+        if self.kept and self.kept[-1][0] != index - 1:
+            self.kept.clear()  # not the next stream of the same forward
+        self.kept.append((index, x))
+        if not stackable([t for _, t in self.kept]):
+            self._reduce_each()
+        elif len(self.kept) > MAX_PENDING_TENSORS:
+            self._reduce_stacked(row, keep_last=True)
+
+    def _reduce_each(self) -> None:
+        """Per-stream reduction through enter/leave; only the last input stays referenced."""
+        for index, x in self.kept:
+            norms = self.enter(index, x)
+            if index > 0:
+                self.leave(index - 1, x, norms)
+        last = self.kept[-1][0]
+        self.kept = []
+        self.inputs = {k: v for k, v in self.inputs.items() if k == last}
+
+    def _reduce_stacked(self, row: StepRow, keep_last: bool) -> None:
+        kept = self.kept
+        if len(kept) >= 2:
+            with torch.no_grad():
+                streams = torch.stack([t for _, t in kept])  # [n, *, D]
+                if streams.dtype != torch.float32:
+                    streams = streams.float()
+                norms = token_norms(streams).flatten(1)  # [n, tokens]
+                dots = torch.linalg.vecdot(streams[:-1], streams[1:]).flatten(1)
+                sums = cos_sum(dots, norms[:-1], norms[1:])
+            layers = [index for index, _ in kept[:-1]]
+            _add_cos(row, layers, [norms.shape[1]] * len(layers), sums)
+        self.kept = kept[-1:] if keep_last else []
+
+    def finish(self, row: StepRow) -> None:
+        if self.kept:
+            self._reduce_stacked(row, keep_last=False)
+        super().finish(row)
 
 
 class NativeTaps:
@@ -210,10 +267,9 @@ class NativeTaps:
         for index, (_, sub) in enumerate(self.pairs):
             hook = _update_hook(rec, index, with_grad, defer=True)
             handles.append(sub.register_forward_hook(hook))
-        streams = self._streams = _StreamPairs(rec)
-        n_layers = self.shape.n_layers
+        streams = self._streams = _StreamChain(rec)
         for index, point in enumerate(self.model.hook_stream):
-            handles.append(point.register_forward_hook(_stream_hook(streams, index, n_layers)))
+            handles.append(point.register_forward_hook(_stream_hook(streams, index)))
 
     def begin_forward(self, row: StepRow) -> None:
         slots, sums = self.slots, row.sums
@@ -238,16 +294,14 @@ class NativeTaps:
         self._streams.finish(row)
 
 
-def _stream_hook(streams: _StreamPairs, index: int, n_layers: int) -> Callable:
+def _stream_hook(streams: _StreamChain, index: int) -> Callable:
     """hook_stream[index] carries the stream entering layer ``index`` (n_layers: the output),
     which is also the stream leaving layer ``index - 1``."""
 
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        if streams.rec.row is None:
-            return
-        norms = streams.enter(index, output) if index < n_layers else None
-        if index > 0:
-            streams.leave(index - 1, output, norms)
+        row = streams.rec.row
+        if row is not None:
+            streams.add(row, index, output)
 
     return hook
 

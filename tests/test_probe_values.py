@@ -19,13 +19,23 @@ from probe_checks import (
 )
 
 from attnres_probe import ops
-from attnres_probe.hooks import probe
+from attnres_probe.hooks import layout, probe
 
 KINDS = ["baseline", "full", "block"]
 
 
 @pytest.mark.parametrize("residual", KINDS)
 def test_recorded_statistics_equal_plain_torch(residual, tmp_path):
+    _check_against_plain_torch(residual, tmp_path)
+
+
+def test_statistics_are_the_same_when_tensors_are_reduced_one_by_one(monkeypatch, tmp_path):
+    # Large or GPU tensors are not stacked for the reductions; force that path on tiny ones.
+    monkeypatch.setattr(layout, "STACK_BUDGET", 0)
+    _check_against_plain_torch("full", tmp_path)
+
+
+def _check_against_plain_torch(residual: str, tmp_path) -> None:
     model = tiny_model(residual)
     tokens = [batch(0), batch(1)]
     # Step 1 is checked against a copy of the model as it is after step 0 of the same run.

@@ -69,10 +69,16 @@ def _row(root_path: str, name: str, commit: object) -> catalog.RunRow:
     return catalog.summarize(Path(root_path), name)
 
 
+@st.cache_data(ttl=5, show_spinner=False)
+def _names(root_path: str) -> list[str]:
+    # A short TTL: new runs appear within seconds, and a big ROOT is not walked on every rerun.
+    return catalog.run_names(Path(root_path))
+
+
 def rows(root_path: Path) -> list[catalog.RunRow]:
     """One summary row per run under ``root_path`` (broken runs included, with their reason)."""
     out = []
-    for name in catalog.run_names(root_path):
+    for name in _names(str(root_path)):
         try:
             commit = version(catalog.resolve_run(root_path, name))
         except catalog.RunRefused:
@@ -284,3 +290,4 @@ def forget_loaded() -> None:
     """Drop every cached run, e.g. after the dashboard itself wrote into a store."""
     _open.clear()
     _row.clear()
+    _names.clear()

@@ -26,7 +26,8 @@ from attnres_probe.store.schema import (
     RunStoreWarning,
     schema_coords,
 )
-from attnres_probe.store.writer import RunWriter, chunk_length, write_static_variables
+from attnres_probe.store.statics import write_static_variables
+from attnres_probe.store.writer import RunWriter, chunk_length
 
 __all__ = [
     "SCHEMA_VARIABLES",

@@ -28,10 +28,9 @@ from attnres_probe.store.header import (
     open_group,
     read_header,
     refuse_live,
-    writer_alive,
     writer_identity,
 )
-from attnres_probe.store.location import Location, locate
+from attnres_probe.store.location import Location
 from attnres_probe.store.schema import (
     CHUNK_KEYS,
     CHUNK_MAX_BYTES,
@@ -40,14 +39,18 @@ from attnres_probe.store.schema import (
     SCHEMA_VERSION,
     STEP,
     WRITER_KEY,
-    RunNotFoundError,
     RunStoreError,
     RunStoreWarning,
-    as_stored,
     compressors,
     dims_of,
-    role,
     run_error,
+)
+from attnres_probe.store.statics import (
+    check_name,
+    jsonable,
+    normalise_coords,
+    write_statics,
+    write_whole,
 )
 
 
@@ -60,55 +63,6 @@ def chunk_length(flush_every: int, row_bytes: int = 0) -> int:
     return flush_every * per
 
 
-def _check_name(name: Any, what: str) -> None:
-    if not isinstance(name, str) or not name or "/" in name or name.startswith((".", "__")):
-        raise RunStoreError(f"{what} name {name!r} is not usable; use a plain name like 'loss'")
-    if name == "zarr.json" or name.endswith(".partial"):
-        raise RunStoreError(f"{what} name {name!r} is reserved by the store; rename it")
-
-
-def _coords(coords: Mapping[str, Any] | None) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
-    """coords as {name: (dims, values)}; a bare array lies along its own dim."""
-    out = {}
-    for name, value in (coords or {}).items():
-        _check_name(name, "coordinate")
-        if isinstance(value, tuple) and len(value) == 2:
-            dims, values = value
-            dims = (dims,) if isinstance(dims, str) else tuple(dims)
-        else:
-            dims, values = (name,), value
-        data = as_stored(values)
-        if data.ndim != len(dims):
-            raise RunStoreError(
-                f"coordinate {name!r} has {data.ndim}-d values for dims {dims}; "
-                "pass (dims, values) with one dim name per axis"
-            )
-        if STEP in dims:
-            raise RunStoreError(f"coordinate {name!r} is along 'step'; the writer records step")
-        out[name] = (dims, data)
-    return out
-
-
-def _jsonable(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in attrs.items():
-        if key in ("model_config", "versions") and not isinstance(value, str):
-            value = json.dumps(value)
-        if isinstance(value, np.generic):
-            value = value.item()
-        elif isinstance(value, np.ndarray):
-            value = value.tolist()
-        try:
-            json.dumps(value)
-        except TypeError:
-            raise RunStoreError(
-                f"attribute {key!r}={value!r} is not JSON-serialisable; pass strings, numbers, "
-                "lists or dicts"
-            ) from None
-        out[str(key)] = value
-    return out
-
-
 def _versions() -> str:
     found = {}
     for pkg in ("attnres-probe", "zarr", "xarray", "numpy", "torch"):
@@ -118,57 +72,6 @@ def _versions() -> str:
             continue
     found["python"] = ".".join(map(str, sys.version_info[:3]))
     return json.dumps(found)
-
-
-def _write_whole(group, name: str, data: np.ndarray, dims: tuple[str, ...], attrs: dict) -> None:
-    """A non-step array written in one chunk, replacing any array of that name."""
-    strings = isinstance(data.dtype, np.dtypes.StringDType)
-    arr = group.create_array(
-        name,
-        shape=data.shape,
-        chunks=tuple(max(1, s) for s in data.shape),
-        dtype=str if strings else data.dtype,
-        fill_value=np.nan if data.dtype.kind == "f" else None,
-        dimension_names=dims,
-        attributes=dict(attrs),
-        compressors=compressors(),
-        chunk_key_encoding=CHUNK_KEYS,
-        overwrite=True,
-        config={"write_empty_chunks": True},
-    )
-    if data.size:
-        arr[...] = data
-
-
-def _write_statics(group, arrays, coords, attrs, sizes: Mapping[str, int], taken) -> None:
-    """Validate every static array and coordinate against the run's dim sizes, then write."""
-    sizes = dict(sizes)
-    prepared = [
-        (name, dims, data, {ROLE_KEY: "coordinate"})
-        for name, (dims, data) in _coords(coords).items()
-    ]
-    var_attrs = {ROLE_KEY: "variable", **_jsonable(attrs or {})}
-    for name, (dims, values) in arrays.items():
-        _check_name(name, "variable")
-        dims = (dims,) if isinstance(dims, str) else tuple(dims)
-        prepared.append((name, dims, as_stored(values), var_attrs))
-    for name, dims, data, _ in prepared:
-        if name in taken:
-            raise RunStoreError(f"{name!r} is already a per-step variable or coordinate; rename it")
-        if STEP in dims:
-            raise RunStoreError(
-                f"static {name!r} has a 'step' dim; record per-step values with append()"
-            )
-        if len(dims) != data.ndim:
-            raise RunStoreError(f"static {name!r}: dims {dims} do not match its shape {data.shape}")
-        for d, n in zip(dims, data.shape, strict=True):
-            if sizes.setdefault(d, n) != n:
-                raise RunStoreError(
-                    f"static {name!r} has {n} entries along {d!r} but the run's {d!r} has "
-                    f"{sizes[d]}; pass values of matching length"
-                )
-    for name, dims, data, array_attrs in prepared:
-        _write_whole(group, name, data, dims, array_attrs)
 
 
 class RunWriter:
@@ -205,9 +108,9 @@ class RunWriter:
         self._loc = Location.of(path, storage_options)
         self.flush_every = flush_every
         self._variables = {name: tuple(dims) for name, dims in variables.items()}
-        self._coords = _coords(coords)
+        self._coords = normalise_coords(coords)
         self._sizes = self._check_schema()
-        self._attrs = _jsonable(attrs or {})
+        self._attrs = jsonable(attrs or {})
         widest = max(
             (math.prod(self._sizes[d] for d in dims[1:]) for dims in self._variables.values()),
             default=1,
@@ -237,7 +140,7 @@ class RunWriter:
                         f"{sizes[d]}; make them equal"
                     )
         for name, dims in self._variables.items():
-            _check_name(name, "variable")
+            check_name(name, "variable")
             if name in self._coords or name == STEP:
                 raise RunStoreError(f"variable {name!r} has the name of a coordinate; rename it")
             if not dims or dims[0] != STEP or STEP in dims[1:] or len(set(dims)) != len(dims):
@@ -277,7 +180,7 @@ class RunWriter:
                 "check the path is writable",
             ) from err
         for name, (dims, data) in self._coords.items():
-            _write_whole(self._group, name, data, dims, {ROLE_KEY: "coordinate"})
+            write_whole(self._group, name, data, dims, {ROLE_KEY: "coordinate"})
         self._arrays = {STEP: self._step_array(STEP, (STEP,), np.int64, -1, "coordinate")}
         for name, dims in self._variables.items():
             self._arrays[name] = self._step_array(name, dims, np.float32, np.nan, "variable")
@@ -467,8 +370,8 @@ class RunWriter:
                 self._loc.shown, "write_static() after close()", "use write_static_variables"
             )
         taken = set(self._arrays) | set(self._coords)
-        _write_statics(self._group, {name: (dims, array)}, coords, attrs, self._sizes, taken)
-        for cdims, data in _coords(coords).values():
+        write_statics(self._group, {name: (dims, array)}, coords, attrs, self._sizes, taken)
+        for cdims, data in normalise_coords(coords).values():
             self._sizes.update(zip(cdims, data.shape, strict=True))
         self._commit(static_revision=int(self._attrs.get("static_revision", 0)) + 1)
 
@@ -503,42 +406,3 @@ class RunWriter:
                 RunStoreWarning,
                 stacklevel=2,
             )
-
-
-def write_static_variables(
-    path: Any,
-    arrays: Mapping[str, tuple[Collection[str], Any]],
-    attrs: Mapping[str, Any] | None = None,
-    coords: Mapping[str, Any] | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-) -> None:
-    """Write variables without a step dim into a run: ``arrays`` maps name -> (dims,
-    values), ``attrs`` go on each of them, stored variables of the same names are replaced.
-    A run directory without a recording (trained with the probe off) gets a new store."""
-    try:
-        loc = locate(path, storage_options)
-    except RunNotFoundError:
-        loc = Location.of(path, storage_options)
-        if loc.shown.rstrip("/").endswith(".zarr") or not loc.is_dir(loc.run_dir):
-            raise
-        RunWriter(path, {}, storage_options=storage_options).close()
-    header = read_header(loc)
-    group = open_group(loc, "r+")
-    sizes, taken = {}, set()
-    for name in loc.children():
-        try:
-            arr = group[name]
-        except Exception:  # noqa: BLE001 - an unreadable array is replaced or left alone
-            continue
-        dims = dims_of(arr) if isinstance(arr, zarr.Array) else None
-        if dims is None:
-            continue
-        if dims[:1] == (STEP,):
-            taken.add(name)
-        elif role(arr) == "coordinate" and name not in (coords or {}):
-            sizes.update(zip(dims, arr.shape, strict=True))
-            taken.add(name)
-    _write_statics(group, arrays, coords, attrs, sizes, taken)
-    if not writer_alive(loc, header):  # a live writer's next commit announces the change
-        header["static_revision"] = int(header.get("static_revision", 0)) + 1
-        group.attrs.put(dict(header))

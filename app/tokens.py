@@ -67,8 +67,8 @@ def token_depth_weights(run_dir: Path, text: str) -> xr.DataArray:
 
 
 def _shown(byte: int) -> str:
-    char = chr(byte)
-    return char if char.isprintable() and byte < 128 else repr(bytes([byte]))[2:-1]
+    """A byte as Python writes it: 'a', '\\n', '\\xe2'."""
+    return repr(bytes([byte]))[1:]
 
 
 def show(weights: xr.DataArray) -> None:
@@ -78,7 +78,7 @@ def show(weights: xr.DataArray) -> None:
     if n > 1:
         position = st.slider("Token position", 0, n - 1, value=n - 1, key="token")
     one = weights.isel(token=position)
-    st.caption(literal(f"token {position}: byte {one['byte'].item()!r}"))
+    st.caption(literal(f"token {position}: byte {one['byte'].item()}"))
     frame = pd.DataFrame(
         one.values, index=list(one["reader"].values), columns=list(one["source"].values)
     )

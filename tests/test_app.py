@@ -247,7 +247,7 @@ def test_switching_run_in_the_sidebar_redraws_the_page(dashboard):
 
 def test_per_token_view_runs_the_checkpoint_on_typed_text(dashboard):
     at = dashboard("depth_attention", run=TRAINED)
-    at.text_input(key="token_text").input("abc").run()
+    at.text_area(key="token_text").input("abc").run()
     assert not at.exception
     table = at.dataframe[0].value
     assert list(table.index) == ["L0.attn", "L0.mlp", "L1.attn", "L1.mlp", "out"]

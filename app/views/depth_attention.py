@@ -45,11 +45,12 @@ if picked is not None:
                 "run on an input; runs made with `attnres-probe train` save one at the end."
             )
         else:
-            text = st.text_input(
-                "Input text (bytes are the tokens)",
-                value="def main():\n    return 0",
+            text = st.text_area(
+                "Input text (its UTF-8 bytes are the tokens)",
+                value="def main():\n    return 0\n",
                 key="token_text",
                 max_chars=tokens.MAX_BYTES,
+                height=100,
             )
             try:
                 weights = tokens.token_depth_weights(path, text)

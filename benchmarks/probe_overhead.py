@@ -1,13 +1,19 @@
 """Training-step time with the probe (every=1, every=10) against no probe and a naive probe.
 
 All variants train their own copy of one model side by side in one process, interleaved step
-by step (order shuffled every time), so machine load hits them alike; a variant's time is
-summed over chunks of ``--chunk`` of its own steps (every=10: one recorded step per chunk).
-The naive probe is what the probe replaces: hooks that call ``.item()`` per sublayer per step
-(one device->host sync each on a GPU). Reported per variant: median and mean step time over
-chunks (the mean includes the probe's flushes to the store) and the ratio to no probe. Time is
-the process's CPU time on CPU (robust to other load on a shared machine; torch runs one
-thread by default here) and synchronised wall time on CUDA.
+by step (order shuffled every time), so machine load hits them alike. A variant's time is
+summed over chunks of ``--chunk`` of its own steps (every=10: one recorded step per chunk);
+its overhead is the median over chunks of (its chunk time / the no-probe chunk time of the
+same round), a paired ratio that cancels slow drifts in machine load.
+
+Variants: no probe; no probe again on a second copy (an A/A pair: how far apart two identical
+variants land, the noise floor of the ratios); the ops' statistics alone (``ops.recording``
+around each step, nothing read: what the kernels' by-products cost on this device); the probe
+at every=1 and every=10 (statistics, hooks, parameter-gradient norms, store writes); and a
+naive probe that calls ``.item()`` per sublayer per step (one device->host sync each on a GPU).
+
+Time is the process's CPU time on CPU (robust to other load on a shared machine; torch runs
+one thread by default here) and synchronised wall time on CUDA.
 
     .venv/bin/python benchmarks/probe_overhead.py                       # CPU, 3 residual kinds
     .venv/bin/python benchmarks/probe_overhead.py --device cuda --d-model 1024 --batch 16
@@ -27,6 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from attnres_probe import ops
 from attnres_probe.hooks import probe
 from attnres_probe.models import ModelConfig, build_model
 
@@ -62,6 +69,24 @@ class NaiveProbe:
             h.remove()
 
 
+class OpsStatsOnly:
+    """The ops' statistics slots open around every step and never read."""
+
+    def __init__(self, model: torch.nn.Module):
+        cfg = model.cfg
+        device = next(model.parameters()).device
+        self.slots = ops.StatsSlots(cfg.n_sublayers + 1, max(1, len(cfg.source_names)), device)
+
+    def __enter__(self) -> OpsStatsOnly:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.slots.reset()
+
+
 class Variant:
     def __init__(self, name: str, model, batch, make_probe):
         self.name = name
@@ -74,8 +99,14 @@ class Variant:
 
     def train_step(self) -> None:
         x = self.batch
-        loss = F.cross_entropy(self.model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
-        loss.backward()
+        recording = (
+            ops.recording(self.probe.slots)
+            if isinstance(self.probe, OpsStatsOnly)
+            else contextlib.nullcontext()
+        )
+        with recording:
+            loss = F.cross_entropy(self.model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
+            loss.backward()
         if self.probe is not None:
             self.probe.step(loss=loss)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -102,6 +133,8 @@ def run_kind(kind: str, args, root: Path) -> list[Variant]:
     batch = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), device=args.device)
     makers = {
         "no probe": None,
+        "no probe, second copy (noise floor)": None,
+        "ops statistics only": OpsStatsOnly,
         "probe every=1": lambda m: probe(m, root / f"{kind}-1", every=1),
         "probe every=10": lambda m: probe(m, root / f"{kind}-10", every=10),
         "naive .item() every=1": NaiveProbe,
@@ -144,27 +177,25 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=32)
     parser.add_argument("--chunk", type=int, default=10, help="steps per timed chunk")
-    parser.add_argument("--rounds", type=int, default=12, help="chunks per variant")
+    parser.add_argument("--rounds", type=int, default=20, help="chunks per variant")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
         f"device={args.device} threads={args.threads} layers={args.layers} "
-        f"d_model={args.d_model} batch={args.batch}x{args.seq} "
-        f"{args.rounds} chunks x {args.chunk} steps per variant, interleaved\n"
+        f"d_model={args.d_model} batch={args.batch}x{args.seq}; "
+        f"{args.rounds} chunks x {args.chunk} steps per variant, interleaved step by step\n"
     )
-    print("| residual | variant | median ms/step | × no probe | mean ms/step | × no probe |")
-    print("|---|---|---|---|---|---|")
+    print("| residual | variant | ms/step (median) | × no probe (median of paired chunks) |")
+    print("|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.kinds:
             variants = run_kind(kind, args, Path(tmp))
-            ref_med = statistics.median(variants[0].chunk_ms)
-            ref_mean = statistics.fmean(variants[0].chunk_ms)
+            reference = variants[0].chunk_ms
             for v in variants:
-                med, mean = statistics.median(v.chunk_ms), statistics.fmean(v.chunk_ms)
+                ratio = statistics.median(a / b for a, b in zip(v.chunk_ms, reference, strict=True))
                 print(
-                    f"| {kind} | {v.name} | {med:.2f} | {med / ref_med:.3f} | "
-                    f"{mean:.2f} | {mean / ref_mean:.3f} |",
+                    f"| {kind} | {v.name} | {statistics.median(v.chunk_ms):.2f} | {ratio:.3f} |",
                     flush=True,
                 )
 

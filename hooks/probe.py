@@ -26,15 +26,11 @@ their flush reaches the host.
 
 from __future__ import annotations
 
-import json
 import os
-import platform
-import sys
 import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
@@ -43,26 +39,16 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from attnres_probe.hooks.discovery import LayersArg, discover_layers
+from attnres_probe.hooks.errors import ProbeError, ProbeStoreError, ProbeWarning
 from attnres_probe.hooks.layout import RowLayout, StepRow
 from attnres_probe.hooks.ranks import Ranks, has_sharded_params, unwrap
+from attnres_probe.hooks.sink import RunSink, run_attrs, run_coords
 from attnres_probe.hooks.taps import ModuleTaps, NativeTaps, first_tensor, is_native
 
 __all__ = ["probe", "Probe", "ProbeError", "ProbeStoreError", "ProbeWarning"]
 
 # Unwrapped model -> the probe attached to it (a model is probed by one probe at a time).
 _ATTACHED: weakref.WeakKeyDictionary[nn.Module, Probe] = weakref.WeakKeyDictionary()
-
-
-class ProbeError(RuntimeError):
-    """The probe cannot be used this way; the message says why and what to do instead."""
-
-
-class ProbeStoreError(ProbeError):
-    """The run store failed and ``strict=True`` asked the probe to raise."""
-
-
-class ProbeWarning(RuntimeWarning):
-    """Something went wrong in recording; training goes on."""
 
 
 @dataclass
@@ -115,8 +101,6 @@ class Probe:
         self._forward_handles: list[RemovableHandle] = []  # taps' hooks, in a recorded forward
         self._entered = False
         self._disabled = False  # no store to write to: nothing is recorded
-        self._store_failures = 0  # failed store actions (the first one warns)
-        self._writer = None
         self._pending: _Flush | None = None
         self._open_row: StepRow | None = None
         self._depth = 0  # nesting of model forwards (only the outermost one records)
@@ -153,8 +137,15 @@ class Probe:
         self.ranks = Ranks(self._distributed)
         sharded = self._sharded_grads
         self._sharded = has_sharded_params(self.model) if sharded is None else sharded
+        self._sink = RunSink(self.run_path, self.strict)
         if self.ranks.is_writer:
-            self._open_writer()
+            attrs = run_attrs(self.module, self.taps.shape, isinstance(self.taps, NativeTaps))
+            attrs |= {"probe_every": self.every, "world_size": self.ranks.world, **self._attrs}
+            opened = self._sink.open(
+                layout.dims(), run_coords(self.taps.shape), attrs, self.flush_every
+            )
+            if not opened and not self.ranks.active:
+                self._disabled = True  # nowhere to write: record nothing
         self._entered = True
         _ATTACHED[module] = self
         try:
@@ -180,7 +171,7 @@ class Probe:
             else:
                 self._flush(during_exception=exc_type is not None)
             self._drain(block=True, during_exception=exc_type is not None)
-            self._close_writer(failed=exc_type is not None)
+            self._sink.close(failed=exc_type is not None)
         finally:
             self._detach()
 
@@ -361,100 +352,11 @@ class Probe:
         else:
             sums, counts = data, pending.counts
         values = self.layout.variables(sums, counts, self.ranks.grad_scale)
-        if self._writer is not None:
-            self._write(pending.steps, values, during_exception)
+        self._sink.write(pending.steps, values, during_exception)
         if self.on_nonfinite is not None:
             for step, count in zip(pending.steps, values["nonfinite"], strict=True):
                 if count > 0:
                     self.on_nonfinite(step, int(count))
-
-    def _write(
-        self, steps: list[int], values: dict[str, np.ndarray], during_exception: bool
-    ) -> None:
-        """Append each step, then flush. A failed write leaves the step in the writer's buffer
-        (or drops it once that is full); the writer retries at its next flush."""
-        writer = self._writer
-        for i, step in enumerate(steps):
-            row = {name: value[i] for name, value in values.items()}
-            self._guard_store(lambda: writer.append(step, row), during_exception)  # noqa: B023
-        self._guard_store(writer.flush, during_exception)
-
-    # ------------------------------------------------------------------ the store
-
-    def _open_writer(self) -> None:
-        from attnres_probe.store import RunWriter
-
-        def open_() -> None:
-            self._writer = RunWriter(
-                self.run_path,
-                variables=self.layout.dims(),
-                coords=self._coords(),
-                attrs=self._run_attrs(),
-                flush_every=self.flush_every,
-            )
-
-        self._guard_store(open_)
-        if self._writer is None and not self.ranks.active:
-            self._disabled = True  # nowhere to write: record nothing
-
-    def _close_writer(self, failed: bool) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            status = "interrupted" if failed else "finished"
-            self._guard_store(lambda: writer.close(status=status), during_exception=failed)
-
-    def _guard_store(self, action: Callable[[], None], during_exception: bool = False) -> None:
-        """Run a store action; a failure warns once (training goes on), or raises if strict."""
-        try:
-            action()
-        except Exception as err:
-            self._store_failures += 1
-            if self.strict and not during_exception:
-                raise ProbeStoreError(
-                    f"writing the run at {str(self.run_path)!r} failed: {err}"
-                ) from err
-            if self._store_failures == 1:
-                warnings.warn(
-                    f"probe: writing the run at {str(self.run_path)!r} failed ({err}); the "
-                    "store keeps its last completed flush, training goes on and later flushes "
-                    "try again (pass strict=True to raise instead)",
-                    ProbeWarning,
-                    stacklevel=4,
-                )
-
-    def _coords(self) -> dict[str, Any]:
-        shape = self.taps.shape
-        coords: dict[str, Any] = {
-            "sublayer": np.arange(shape.n_sublayers),
-            "kind": ("sublayer", np.array(shape.kinds, dtype=object)),
-            "layer_of": ("sublayer", np.asarray(shape.layer_of, dtype=np.int64)),
-            "layer": np.arange(shape.n_layers),
-        }
-        if shape.n_sources:
-            coords["source"] = np.array(shape.source_names, dtype=object)
-        return coords
-
-    def _run_attrs(self) -> dict[str, Any]:
-        module = self.module
-        if is_native(module) and self._layers is None:
-            model_config = module.cfg.to_dict()
-            residual = module.cfg.residual
-        else:
-            config = getattr(module, "config", None)
-            to_dict = getattr(config, "to_dict", None)
-            model_config = to_dict() if callable(to_dict) else {}
-            residual = "baseline"  # a PreNorm decoder with an additive residual stream
-        attrs = {
-            "model_config": json.dumps(model_config, default=str),
-            "model_class": f"{type(module).__module__}.{type(module).__qualname__}",
-            "residual": residual,
-            "n_layers": self.taps.shape.n_layers,
-            "versions": json.dumps(_versions()),
-            "probe_every": self.every,
-            "world_size": self.ranks.world,
-        }
-        attrs.update(self._attrs)
-        return attrs
 
 
 def probe(
@@ -520,16 +422,3 @@ def _device_of(module: nn.Module) -> torch.device:
     for p in module.parameters():
         return p.device
     return torch.device("cpu")
-
-
-def _versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    packages = ["attnres-probe", "torch", "numpy", "zarr", "xarray"]
-    if "transformers" in sys.modules:  # the model may come from there
-        packages.append("transformers")
-    for name in packages:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return found

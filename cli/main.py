@@ -38,3 +38,5 @@ from attnres_probe.cli import cmd_dashboard  # noqa: E402,F401
 from attnres_probe.cli import cmd_export  # noqa: E402,F401
 from attnres_probe.cli import cmd_info  # noqa: E402,F401
 from attnres_probe.cli import cmd_prune  # noqa: E402,F401
+from attnres_probe.cli import cmd_demo  # noqa: E402,F401
+from attnres_probe.cli import cmd_claims  # noqa: E402,F401

@@ -1,0 +1,135 @@
+"""How many layers a trained model can lose: greedy removal along the single-layer ranking.
+
+Single-layer pruning (``analysis.pruning``) says what removing one layer costs. Removing
+several costs more than the sum of their single costs or less, so the number of layers a model
+can *lose together* is measured directly: rank the layers by their single-removal loss
+increase (cheapest first), then zero-ablate the first k of that ranking together for
+k = 1 … n_layers on the same held-out batches and record the loss. The path lives in the run
+store as static variables on dim ``n_removed``:
+
+- ``prune_path_unit`` [n_removed]: the layer added to the removed set at that point;
+- ``prune_path_loss`` [n_removed]: held-out loss with the first ``n_removed`` layers removed.
+
+Only :func:`prune_path` needs torch; the readers take an ``xarray.Dataset``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from attnres_probe.analysis.pruning import pruning_results
+from attnres_probe.analysis.select import AnalysisError, run_name
+
+DEFAULT_TOLERANCE = 0.01  # 1 % of the intact model's held-out loss
+PATH_VARIABLES = ("prune_path_unit", "prune_path_loss")
+ProgressCallback = Callable[[int, int, str], None]  # (done, total, unit just added)
+
+
+def _relative_increase(loss: np.ndarray, base: float) -> np.ndarray:
+    return (np.asarray(loss, dtype=float) - base) / base
+
+
+def removable_alone(ds: xr.Dataset, tolerance: float = DEFAULT_TOLERANCE) -> int:
+    """How many layers each cost at most ``tolerance`` × the intact held-out loss when removed
+    on their own (from the stored layer pruning results)."""
+    res = pruning_results(ds, "layer")
+    base = float(res["prune_base_loss"])
+    return int((_relative_increase(res["prune_loss"].values, base) <= tolerance).sum())
+
+
+def path(ds: xr.Dataset) -> xr.Dataset:
+    """The stored greedy path [n_removed]: ``unit`` (layer added), ``loss``,
+    ``relative_increase`` over the intact model's loss."""
+    missing = [v for v in PATH_VARIABLES if v not in ds.data_vars]
+    if missing:
+        raise AnalysisError(
+            f"run {run_name(ds)!r} has no greedy pruning path; make it with "
+            "attnres_probe.prune_path.prune_path(RUN)"
+        )
+    base = float(pruning_results(ds, "layer")["prune_base_loss"])
+    loss = np.asarray(ds["prune_path_loss"].values, dtype=float)
+    n = np.arange(1, loss.size + 1)
+    return xr.Dataset(
+        {
+            "unit": ("n_removed", np.asarray(ds["prune_path_unit"].values).astype(str)),
+            "loss": ("n_removed", loss),
+            "relative_increase": ("n_removed", _relative_increase(loss, base)),
+        },
+        coords={"n_removed": n},
+        attrs={"base_loss": base},
+    )
+
+
+def removable_together(ds: xr.Dataset, tolerance: float = DEFAULT_TOLERANCE) -> int:
+    """The largest k such that removing the k cheapest layers together, and every shorter
+    prefix of them, costs at most ``tolerance`` × the intact held-out loss."""
+    rel = path(ds)["relative_increase"].values
+    over = np.flatnonzero(~(rel <= tolerance))
+    return int(over[0]) if over.size else int(rel.size)
+
+
+def prune_path(
+    run: str | Path,
+    batches: int | None = None,
+    seed: int | None = None,
+    device: str = "cpu",
+    progress: ProgressCallback | None = None,
+    save: bool = True,
+) -> xr.Dataset:
+    """Remove the cheapest 1, 2, … n_layers layers of the run's checkpoint together (ranked by
+    the stored single-layer results of ``attnres-probe prune``) and return :func:`path`.
+
+    batches / seed default to those the single-layer results were measured with, so the path
+    starts from the same intact loss. With ``save`` the path is written into the run store.
+    """
+    import torch
+
+    from attnres_probe.checkpoint import load_checkpoint
+    from attnres_probe.data import ByteCorpus
+    from attnres_probe.models import ModelConfig, build_model
+    from attnres_probe.store import open_run, write_static_variables
+    from attnres_probe.train import evaluate
+
+    run_dir = Path(run).parent if Path(run).suffix == ".zarr" else Path(run)
+    ds = open_run(run_dir)
+    single = pruning_results(ds, "layer")
+    order = np.argsort(single["prune_loss_increase"].values, kind="stable")
+    names = [str(single["unit"].values[i]) for i in order]
+    starts = [int(single["sublayer_start"].values[i]) for i in order]
+    stops = [int(single["sublayer_stop"].values[i]) for i in order]
+    batches = int(batches or single.attrs.get("batches", 8))
+    seed = int(seed if seed is not None else single.attrs.get("seed", 1234))
+    batch_size = int(single.attrs.get("batch_size", 16))
+    seq_len = int(single.attrs.get("seq_len", 64))
+
+    state, config = load_checkpoint(run_dir)
+    model_cfg = ModelConfig.from_dict(config.get("model", config))
+    train_cfg = config.get("train_config") or config.get("extra", {}).get("train_config", {})
+    corpus = ByteCorpus.load(train_cfg.get("data"))
+    model = build_model(model_cfg).to(device)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+
+    losses = []
+    skip: set[int] = set()
+    with torch.no_grad():
+        for k, (name, start, stop) in enumerate(zip(names, starts, stops, strict=True)):
+            skip |= set(range(start, stop))
+            losses.append(
+                evaluate(model, corpus, batches, batch_size, seq_len, seed=seed, skip=set(skip))
+            )
+            if progress is not None:
+                progress(k + 1, len(names), name)
+    arrays = {
+        "prune_path_unit": (("n_removed",), np.asarray(names, dtype=object)),
+        "prune_path_loss": (("n_removed",), np.asarray(losses, dtype=np.float32)),
+    }
+    if save:
+        write_static_variables(
+            run_dir, arrays, attrs={"batches": batches, "seed": seed, "ranked_by": "single-layer"}
+        )
+    with_path = ds.assign({k: v for k, v in arrays.items()})
+    return path(with_path)

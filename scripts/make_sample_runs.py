@@ -1,0 +1,224 @@
+"""Remake ``sample_runs/``: baseline, Full and Block AttnRes recordings of equal size.
+
+    .venv/bin/python scripts/make_sample_runs.py [--out sample_runs] [--jobs 2] [--only block-s1]
+
+Each run is trained by the project's training loop with the probe attached (recording every
+10 steps), then pruned (each layer, each sublayer and, for Block AttnRes, each block alone on
+32 held-out batches) and given its greedy pruning path. Per run this is the same as
+
+    attnres-probe train --residual KIND --layers 16 --d-model 64 --n-heads 4 --n-blocks 8 \
+        --steps 1000 --batch-size 8 --seq-len 64 --lr 3e-3 --seed SEED --every 10 --out RUN
+    attnres-probe prune RUN --batches 32 [--granularity sublayer | block]
+    python -c "from attnres_probe.prune_path import prune_path; prune_path('RUN')"
+
+with one torch thread per run so ``--jobs`` runs share the cores evenly. Timings, the machine
+and every setting go to ``OUT/manifest.json``; ``OUT/README.md`` is written from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+MODEL = {"n_layers": 16, "d_model": 64, "n_heads": 4, "n_blocks": 8, "max_seq_len": 64}
+TRAIN = {"steps": 1000, "batch_size": 8, "seq_len": 64, "lr": 3e-3, "record_every": 10}
+PRUNE_BATCHES = 32
+RUNS = [("baseline", s) for s in (0, 1, 2)] + [("full", 0)] + [("block", s) for s in (0, 1, 2)]
+
+
+@dataclass
+class Made:
+    name: str
+    kind: str
+    seed: int
+    train_s: float
+    prune_s: float
+    held_out_loss: float
+    prune_base_loss: float
+    command: str
+
+
+def run_name(kind: str, seed: int) -> str:
+    return f"{kind}-s{seed}"
+
+
+def cli_command(kind: str, seed: int, out: Path) -> str:
+    m, t = MODEL, TRAIN
+    return (
+        f"attnres-probe train --residual {kind} --layers {m['n_layers']} "
+        f"--d-model {m['d_model']} --n-heads {m['n_heads']} --n-blocks {m['n_blocks']} "
+        f"--steps {t['steps']} --batch-size {t['batch_size']} --seq-len {t['seq_len']} "
+        f"--lr {t['lr']:g} --seed {seed} --every {t['record_every']} "
+        f"--out {out / run_name(kind, seed)}"
+    )
+
+
+def make_run(kind: str, seed: int, out: str, steps: int) -> Made:
+    """Train, prune and path one run into ``out/<kind>-s<seed>`` (in a worker process)."""
+    import torch
+
+    TRAIN["steps"] = steps
+
+    torch.set_num_threads(1)
+    from attnres_probe.analysis.pruning import prune_run
+    from attnres_probe.models import ModelConfig
+    from attnres_probe.prune_path import prune_path
+    from attnres_probe.train import TrainConfig, train
+
+    run_dir = Path(out) / run_name(kind, seed)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    start = time.perf_counter()
+    result = train(ModelConfig(residual=kind, **MODEL), TrainConfig(seed=seed, **TRAIN), run_dir)
+    train_s = time.perf_counter() - start
+    start = time.perf_counter()
+    granularities = ["sublayer", "block", "layer"] if kind == "block" else ["sublayer", "layer"]
+    for g in granularities:
+        last = prune_run(run_dir, g, batches=PRUNE_BATCHES)
+    prune_path(run_dir)
+    prune_s = time.perf_counter() - start
+    return Made(
+        name=run_name(kind, seed),
+        kind=kind,
+        seed=seed,
+        train_s=round(train_s, 1),
+        prune_s=round(prune_s, 1),
+        held_out_loss=round(result.held_out_loss, 4),
+        prune_base_loss=round(float(last["prune_base_loss"]), 4),
+        command=cli_command(kind, seed, Path(out)),
+    )
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def write_readme(out: Path, manifest: dict) -> None:
+    rows = "\n".join(
+        f"| `{r['name']}` | {r['kind']} | {r['seed']} | {r['train_s']:.0f} s | "
+        f"{r['prune_s']:.0f} s | {r['prune_base_loss']:.4f} |"
+        for r in manifest["runs"]
+    )
+    commands = "\n".join(r["command"] for r in manifest["runs"])
+    m, t, mach = manifest["model"], manifest["train"], manifest["machine"]
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    text = f"""# Sample runs
+
+Real recordings made by this project's own training loop (`attnres_probe.train.train`) with
+the probe attached, so the dashboard (`attnres-probe dashboard`) and `attnres-probe export`
+show something on first start. The claims table in the top-level README is computed from
+these runs by `attnres-probe claims sample_runs --markdown`.
+
+All seven share one size and one training recipe; they differ in the residual kind and seed:
+{m["n_layers"]} layers ({2 * m["n_layers"]} sublayers), d_model {m["d_model"]},
+{m["n_heads"]} heads, SwiGLU MLP, RoPE; Block AttnRes with {m["n_blocks"]} blocks of
+{2 * m["n_layers"] // m["n_blocks"]} sublayers. Byte-level language modelling on the default
+corpus (the Python standard library's `.py` sources, read at run time), {t["steps"]} AdamW
+steps of {t["batch_size"]} × {t["seq_len"]} bytes, peak lr {t["lr"]:g} (warm-up, cosine decay),
+recorded every {t["record_every"]} steps. Each run directory holds the recording
+(`recording.zarr`), the final weights (`checkpoint.safetensors`, float32) and `config.json`.
+
+## How they were made
+
+```bash
+.venv/bin/python scripts/make_sample_runs.py --out sample_runs --jobs {manifest["jobs"]}
+```
+
+Per run that is exactly:
+
+```bash
+{commands}
+# then, for each RUN:
+attnres-probe prune RUN --batches {manifest["prune_batches"]} --granularity sublayer
+attnres-probe prune RUN --batches {manifest["prune_batches"]} --granularity block   # block runs
+attnres-probe prune RUN --batches {manifest["prune_batches"]} --granularity layer
+python -c "from attnres_probe.prune_path import prune_path; prune_path('RUN')"
+```
+
+Pruning zero-ablates each unit alone on {manifest["prune_batches"]} held-out batches (the same
+batches for every run); the greedy path removes the cheapest 1, 2, … layers together.
+
+Machine: {mach["cpu"]}, {mach["cores"]} cores, {mach["os"]}, Python {mach["python"]},
+torch {mach["torch"]}; {manifest["jobs"]} runs at a time, one torch thread each. Wall time for
+all runs: {manifest["wall_s"] / 60:.1f} min. Folder size: {size / 2**20:.1f} MiB.
+
+| run | kind | seed | training | pruning | held-out loss |
+|---|---|---|---|---|---|
+{rows}
+
+Training is deterministic for a seed on a given machine; another CPU or thread count gives
+slightly different numbers.
+"""
+    (out / "README.md").write_text(text, encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("sample_runs"))
+    parser.add_argument("--jobs", type=int, default=2, help="runs trained at the same time")
+    parser.add_argument("--only", nargs="*", help="remake only these runs (e.g. block-s1)")
+    parser.add_argument("--steps", type=int, help="override the steps (to check the script)")
+    args = parser.parse_args()
+    if args.steps:
+        TRAIN["steps"] = args.steps
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [(k, s) for k, s in RUNS if not args.only or run_name(k, s) in args.only]
+    manifest_path = out / "manifest.json"
+    old = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    made = {r["name"]: r for r in old.get("runs", [])}
+
+    start = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {
+            pool.submit(make_run, k, s, str(out), TRAIN["steps"]): run_name(k, s) for k, s in todo
+        }
+        for future in as_completed(futures):
+            result = future.result()
+            made[result.name] = asdict(result)
+            print(
+                f"{result.name}: trained in {result.train_s:.0f} s, pruned in "
+                f"{result.prune_s:.0f} s, held-out loss {result.prune_base_loss:.4f}",
+                flush=True,
+            )
+    wall = time.perf_counter() - start
+    manifest = {
+        "model": MODEL,
+        "train": TRAIN,
+        "prune_batches": PRUNE_BATCHES,
+        "jobs": args.jobs,
+        "wall_s": round(wall if not args.only else old.get("wall_s", wall), 1),
+        "machine": machine(),
+        "runs": [made[run_name(k, s)] for k, s in RUNS if run_name(k, s) in made],
+    }
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    write_readme(out, manifest)
+    print(f"wrote {len(todo)} runs into {out} in {wall / 60:.1f} min", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -206,7 +206,7 @@ def _table_html(summaries: Mapping[str, dict[str, Any]]) -> str:
     head = "".join(f"<th>{html.escape(n)}</th>" for n in summaries)
     body = []
     for label, cells in headline_table(summaries):
-        numeric = label not in ("model", "top depth sources (share)", "cheapest layers to remove")
+        numeric = label not in ("top depth sources (share)", "cheapest layers to remove")
         cls = "" if numeric else ' class="text"'
         tds = "".join(f"<td{cls}>{html.escape(c)}</td>" for c in cells)
         body.append(f"<tr><th>{html.escape(label)}</th>{tds}</tr>")

@@ -166,7 +166,7 @@ Machine: {mach["cpu"]}, {mach["cores"]} cores, {mach["os"]}, Python {mach["pytho
 torch {mach["torch"]}; {manifest["jobs"]} runs at a time, one torch thread each. Wall time for
 all runs: {manifest["wall_s"] / 60:.1f} min. Folder size: {size / 2**20:.1f} MiB.
 
-| run | kind | seed | training | pruning | held-out loss |
+| run | kind | seed | training | pruning | held-out loss ({manifest["prune_batches"]} batches) |
 |---|---|---|---|---|---|
 {rows}
 
@@ -182,7 +182,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at the same time")
     parser.add_argument("--only", nargs="*", help="remake only these runs (e.g. block-s1)")
     parser.add_argument("--steps", type=int, help="override the steps (to check the script)")
+    parser.add_argument(
+        "--readme-only", action="store_true", help="rewrite OUT/README.md from OUT/manifest.json"
+    )
     args = parser.parse_args()
+    if args.readme_only:
+        write_readme(args.out, json.loads((args.out / "manifest.json").read_text()))
+        return
     if args.steps:
         TRAIN["steps"] = args.steps
     out: Path = args.out

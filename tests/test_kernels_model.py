@@ -105,3 +105,31 @@ def test_model_under_bf16_autocast_on_triton_kernels_matches_the_reference_backe
     run_ref = _run(model, idx, "reference", monkeypatch, autocast=True)
     assert run[0].dtype == run_ref[0].dtype == torch.bfloat16
     _assert_same(run, run_ref, 1e-2, 1e-2)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_recording_open_through_a_checkpointed_backward_gives_the_plain_means(kind):
+    """The probe keeps its recording open across backward, where checkpointing re-runs the
+    forward ops: sums and their counts both grow, so every mean stays the plain run's, and the
+    stream gradients are still taken once."""
+    model = _model(kind)
+    idx = torch.randint(0, 256, (2, 13))
+    cfg = model.cfg
+
+    def recorded(use_checkpoint):
+        slots = ops.StatsSlots(cfg.n_sublayers + 1, max(1, len(cfg.source_names)))
+        model.zero_grad(set_to_none=True)
+        with ops.recording(slots):
+            logits = checkpoint(model, idx, use_reentrant=False) if use_checkpoint else model(idx)
+            torch.nn.functional.cross_entropy(logits.flatten(0, 1), idx.flatten()).backward()
+        tokens = torch.tensor(slots.depth_tokens).clamp(min=1)
+        return {
+            "hidden mean square": slots.norm_sq / torch.tensor(slots.norm_numel),
+            "stream gradient": slots.norm_grad_sq,
+            "depth weights": slots.depth_weight_sum / tokens[:, None],
+            "depth entropy": slots.depth_entropy_sum / tokens,
+        }
+
+    plain, checkpointed = recorded(False), recorded(True)
+    for name, value in plain.items():
+        torch.testing.assert_close(checkpointed[name], value, rtol=1e-5, atol=1e-7, msg=name)

@@ -7,7 +7,13 @@ from typing import Annotated
 
 import typer
 
-from attnres_probe.cli.common import err_console, fail, library_errors, out_console
+from attnres_probe.cli.common import (
+    err_console,
+    fail,
+    library_errors,
+    out_console,
+    writable_file,
+)
 from attnres_probe.cli.main import app
 
 
@@ -28,9 +34,14 @@ def claims(
 ) -> None:
     """Measure the paper's depth-dynamics claims on every run under ROOT (dilution, gradient
     spread, depth-attention entropy, held-out loss, pruning) with a verdict for each."""
-    with library_errors():
-        from attnres_probe.claims import claims_for_folder, marked_block, replace_marked
+    from attnres_probe.claims import claims_for_folder, marked_block, replace_marked
 
+    # A README that cannot be used fails before the runs are measured.
+    _check_readme("--update-readme", update_readme)
+    _check_readme("--check-readme", check_readme)
+    if update_readme is not None:
+        writable_file(update_readme, "--update-readme")
+    with library_errors():
         table = claims_for_folder(root)
         if update_readme is not None:
             text = update_readme.read_text(encoding="utf-8")
@@ -51,3 +62,21 @@ def claims(
         from rich.markdown import Markdown
 
         out_console.print(Markdown(table))
+
+
+def _check_readme(option: str, path: Path | None) -> None:
+    """Fail unless ``path`` (when given) is a UTF-8 text file holding the claims markers."""
+    from attnres_probe.claims import marked_block
+
+    if path is None:
+        return
+    if not path.is_file():
+        raise fail(f"{option} {path} is not a file; pass the README holding the claims markers")
+    try:
+        marked_block(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise fail(f"{option} {path} is not UTF-8 text; pass the README") from None
+    except OSError as err:
+        raise fail(f"{option} {path} cannot be read: {err.strerror}") from None
+    except ValueError as err:
+        raise fail(f"{option} {path}: {err}; add both markers where the table belongs") from None

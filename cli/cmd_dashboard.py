@@ -28,6 +28,23 @@ def dashboard_script() -> Path:
     return Path(attnres_probe.app.__file__).resolve().parent / "dashboard.py"
 
 
+def cannot_bind(host: str, port: int) -> str | None:
+    """Why a server could not listen on ``host``:``port`` now, or None when it could."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as err:
+        return f"unknown address: {getattr(err, 'strerror', None) or err}"
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        if os.name == "posix":  # as servers do: a port left in TIME_WAIT is free
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as err:
+            return err.strerror or str(err)
+    return None
+
+
 def free_port(host: str, start: int = 8501, tries: int = 100) -> int:
     """The first port from ``start`` that ``host`` can bind now."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -91,12 +108,19 @@ def dashboard(
 
     from attnres_probe.app.catalog import ROOT_ENV
 
-    if importlib.util.find_spec("streamlit") is None:
-        raise fail("the dashboard needs Streamlit: pip install 'attnres-probe[app]'")
-    if root is not None and not root.is_dir():
-        raise fail(f"ROOT {root} is not a directory; pass a folder that holds runs", code=2)
     if port is not None and not 1 <= port <= 65535:
         raise fail(f"--port {port} is not a port number (1..65535)", code=2)
+    why = cannot_bind(host, 0)
+    if why is not None:
+        raise fail(f"--host {host} cannot be bound on this machine ({why}); use 127.0.0.1", 2)
+    if root is not None and not root.exists():
+        raise fail(f"ROOT {root} does not exist; pass a folder that holds runs")
+    if root is not None and not root.is_dir():
+        raise fail(f"ROOT {root} is a file, not a folder; pass the folder that holds the runs")
+    if importlib.util.find_spec("streamlit") is None:
+        raise fail("the dashboard needs Streamlit: pip install 'attnres-probe[app]'")
+    if port is not None and (why := cannot_bind(host, port)) is not None:
+        raise fail(f"port {port} on {host} is not free ({why}); pass another --port or none")
     try:
         port = port if port is not None else free_port(host)
     except OSError as err:

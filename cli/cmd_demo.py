@@ -7,7 +7,13 @@ from typing import Annotated
 
 import typer
 
-from attnres_probe.cli.common import err_console, library_errors, out_console
+from attnres_probe.cli.common import (
+    err_console,
+    library_errors,
+    out_console,
+    usage_errors,
+    writable_folder,
+)
 from attnres_probe.cli.main import app
 
 
@@ -75,22 +81,29 @@ def demo(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    with library_errors():
-        from attnres_probe.demo import DemoConfig, run_demo
-        from attnres_probe.report import headline_table
+    from attnres_probe.demo import DemoConfig, run_demo
+    from attnres_probe.report import headline_table
 
-        given = {
-            "out": str(out),
-            "kinds": tuple(k.strip() for k in kinds.split(",") if k.strip()),
-            "layers": layers,
-            "d_model": d_model,
-            "n_blocks": n_blocks,
-            "steps": steps,
-            "data": str(data) if data is not None else None,
-            "seed": seed,
-        }
-        given = {k: v for k, v in given.items() if v is not None}
+    given = {
+        "out": str(out),
+        "kinds": tuple(k.strip() for k in kinds.split(",") if k.strip()),
+        "layers": layers,
+        "d_model": d_model,
+        "n_blocks": n_blocks,
+        "steps": steps,
+        "data": str(data) if data is not None else None,
+        "seed": seed,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    with usage_errors():
         cfg = DemoConfig.quick(**given) if quick else DemoConfig(**given)
+    writable_folder(out)
+    if data is not None:
+        from attnres_probe.data import load_corpus
+
+        with library_errors():  # a missing, empty or unreadable corpus fails before any output
+            load_corpus(data, max_bytes=1 << 16)
+    with library_errors():
         columns = (
             TextColumn("[bold]{task.description:<16}"),
             BarColumn(),

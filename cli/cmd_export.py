@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from attnres_probe.cli.common import err_console, fail, library_errors, out_console
+from attnres_probe.cli.common import (
+    err_console,
+    fail,
+    library_errors,
+    out_console,
+    writable_file,
+    writable_folder,
+)
 from attnres_probe.cli.main import app
 
 
@@ -35,13 +42,16 @@ FIGURE_NAMES = tuple(f.value for f in FigureChoice if f is not FigureChoice.all)
 ALL_FIGURES = [FigureChoice.all]
 
 
+def _one_file(names: list[str], out: Path | None) -> bool:
+    """True when ``out`` names a single figure's file rather than a folder of figures."""
+    return len(names) == 1 and out is not None and bool(out.suffix) and not out.is_dir()
+
+
 def _targets(names: list[str], fmt: str, out: Path | None) -> dict[str, Path]:
     """Output path per figure: a file for one figure, a folder of <figure>.<fmt> for several."""
-    if len(names) == 1 and out is not None and out.suffix and not out.is_dir():
-        return {names[0]: out}
-    folder = out if out is not None else Path("figures")
-    if folder.exists() and not folder.is_dir():
-        raise fail(f"--out {folder} is a file; with several figures --out must be a folder", 2)
+    if _one_file(names, out):
+        return {names[0]: writable_file(out)}
+    folder = writable_folder(out if out is not None else Path("figures"))
     return {n: folder / f"{n}.{fmt}" for n in names}
 
 
@@ -82,6 +92,7 @@ def export(
                 f"--out {out} ends in .{suffix} but --format is {fmt_value}; make them agree", 2
             )
 
+    _targets(names, fmt_value, out)  # an unwritable --out fails before any drawing
     with library_errors():
         from attnres_probe import figures
         from attnres_probe.analysis.select import AnalysisError

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from attnres_probe.cli.common import err_console, library_errors, out_console
+from attnres_probe.cli.common import LazyProgress, err_console, fail, library_errors, out_console
 from attnres_probe.cli.main import app
 
 
@@ -35,9 +35,17 @@ def prune(
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
 ) -> None:
     """Remove each unit of a checkpoint in turn; store and compare the held-out loss increase."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
     from rich.table import Table
 
+    device = torch_device(device)
+    if not run.exists():
+        raise fail(f"run {run} does not exist; check the path")
+    if not run.is_dir():
+        raise fail(
+            f"run {run} is a file, not a run directory; pass the folder holding its "
+            "checkpoint.safetensors"
+        )
     with library_errors():
         from attnres_probe.analysis.pruning import compare_with_proxies, prune_run
         from attnres_probe.analysis.select import AnalysisError
@@ -49,11 +57,13 @@ def prune(
             MofNCompleteColumn(),
             TextColumn("{task.fields[unit]}"),
         )
-        with Progress(*columns, console=err_console, transient=True) as progress:
-            task = progress.add_task(granularity.value, total=None, unit="")
+        with LazyProgress(*columns, console=err_console, transient=True) as progress:
+            tasks: list[int] = []
 
             def on_unit(done: int, total: int, unit: str) -> None:
-                progress.update(task, completed=done, total=total, unit=unit)
+                if not tasks:  # the first unit: the checkpoint loaded, the work begins
+                    tasks.append(progress.add_task(granularity.value, total=total, unit=""))
+                progress.update(tasks[0], completed=done, total=total, unit=unit)
 
             results = prune_run(
                 run,
@@ -87,3 +97,24 @@ def prune(
         rho = table_data.attrs.get(f"spearman_{p}", float("nan"))
         shown = f"{rho:.3f}" if rho == rho else "undefined (needs 3 units with both values)"
         out_console.print(f"Spearman ρ({p}, increase) = {shown}", highlight=False)
+
+
+def torch_device(name: str) -> str:
+    """``name`` when torch knows the device and this machine has it: a usage error (exit 2)
+    for a name that is no device, a failure (exit 1) for a device missing here."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise fail(f"--device {name!r} is not a torch device; use e.g. cpu or cuda", 2) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise fail(f"--device {name}: this machine has no CUDA device; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise fail(
+            f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+            "use --device cuda:0"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise fail(f"--device {name}: this machine has no MPS device; use --device cpu")
+    return name

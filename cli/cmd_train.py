@@ -7,7 +7,13 @@ from typing import Annotated
 
 import typer
 
-from attnres_probe.cli.common import err_console, library_errors, out_console
+from attnres_probe.cli.common import (
+    err_console,
+    library_errors,
+    out_console,
+    usage_errors,
+    writable_folder,
+)
 from attnres_probe.cli.main import app
 
 
@@ -37,12 +43,12 @@ def train(
     """Train a byte-level model on a corpus, recording its depth dynamics into a run directory."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with library_errors():
-        from attnres_probe.data import ByteCorpus
-        from attnres_probe.models import ModelConfig
-        from attnres_probe.train import TrainConfig
-        from attnres_probe.train import train as run_training
+    from attnres_probe.data import ByteCorpus
+    from attnres_probe.models import ModelConfig
+    from attnres_probe.train import TrainConfig
+    from attnres_probe.train import train as run_training
 
+    with usage_errors():
         model_cfg = ModelConfig(
             residual=residual,
             n_layers=layers,
@@ -60,7 +66,8 @@ def train(
             data=str(data) if data is not None else None,
             record_every=every,
         )
-        run_dir = out or Path("runs") / f"{residual}-s{seed}"
+    run_dir = writable_folder(out or Path("runs") / f"{residual}-s{seed}")
+    with library_errors():
         corpus = ByteCorpus.load(train_cfg.data)
         columns = (
             TextColumn("[bold]{task.description}"),
@@ -76,9 +83,7 @@ def train(
             def on_step(step: int, loss: float, tokens_per_s: float) -> None:
                 progress.update(task, completed=step + 1, loss=loss, tps=tokens_per_s)
 
-            result = run_training(
-                model_cfg, train_cfg, run_dir, on_step=on_step, corpus=corpus
-            )
+            result = run_training(model_cfg, train_cfg, run_dir, on_step=on_step, corpus=corpus)
     out_console.print(
         f"{run_dir}: {steps} steps in {result.seconds:.1f} s ({result.steps_per_s:.2f} steps/s), "
         f"final train loss {result.losses[-1]:.4f}, held-out loss {result.held_out_loss:.4f}",

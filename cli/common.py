@@ -1,30 +1,126 @@
-"""What every command shares: the stderr console, and library errors turned into one line."""
+"""What every command shares: the consoles, and the errors the command group prints as one line
+(see ``main.py``: usage errors exit 2, failures exit 1)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
+from rich.progress import Progress, TaskID
+
+try:  # recent Typer parses with its own copy of Click, older releases with the click package
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older Typer
+    from click import exceptions as click_errors
 
 # Progress and messages go to stderr; results (tables, paths) to stdout.
 err_console = Console(stderr=True)
 out_console = Console()
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print ``error: message`` to stderr and return the Exit to raise (1 failure, 2 usage)."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
+class LazyProgress(Progress):
+    """Progress bars on stderr that draw nothing until the first task is added, so an error
+    raised before any work starts leaves stderr with its one line."""
+
+    def __enter__(self) -> LazyProgress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.live.is_started:  # a Progress stopped unstarted would still print a newline
+            self.stop()
+
+    def add_task(self, *args: Any, **kwargs: Any) -> TaskID:
+        if not self.live.is_started:
+            self.start()
+        return super().add_task(*args, **kwargs)
+
+
+class Failure(click_errors.ClickException):
+    """A path that cannot be used or an operation that failed: exit 1, printed as one line."""
+
+    exit_code = 1
+
+
+class BadOption(click_errors.UsageError):
+    """A bad option value whose message already names the option and the fix: exit 2."""
+
+
+def fail(message: str, code: int = 1) -> click_errors.ClickException:
+    """The error to raise for ``message``: a failure (exit 1) or, with ``code=2``, a usage
+    error (a bad option value; the message names the option and the fix); the command group
+    prints it as ``error: message``."""
+    if code == 2:
+        return BadOption(message)
+    return Failure(message)
+
+
+def _from_library(err: BaseException) -> bool:
+    return any(cls.__module__.startswith("attnres_probe.") for cls in type(err).__mro__)
 
 
 @contextlib.contextmanager
 def library_errors() -> Iterator[None]:
-    """Turn the library's expected errors into one clear line and exit code 1."""
+    """Turn the library's expected errors (bad data, missing or unusable paths, I/O) into
+    one clear line and exit code 1."""
     try:
         yield
-    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+    except (click_errors.ClickException, typer.Exit, typer.Abort, KeyboardInterrupt):
         raise
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, OSError) as err:
-        raise fail(str(err).replace("[", r"\[")) from None
+    except (ValueError, OSError) as err:
+        raise fail(str(err) or type(err).__name__) from None
+    except Exception as err:
+        if _from_library(err):
+            raise fail(str(err) or type(err).__name__) from None
+        raise
+
+
+@contextlib.contextmanager
+def usage_errors() -> Iterator[None]:
+    """Turn a configuration's refusal of option values (a ValueError naming the field, the
+    value and what would be valid) into a usage error: exit 2."""
+    try:
+        yield
+    except ValueError as err:
+        # It names the configuration's field, not the option: Click adds the command, and the
+        # line points at its --help.
+        raise click_errors.UsageError(str(err)) from None
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why ``folder`` (to write in, created if missing) cannot be written, or None."""
+    part = folder
+    while not part.exists() and part.parent != part:
+        part = part.parent
+    if not part.is_dir():
+        return f"{part} is a file"
+    if not os.access(part, os.W_OK | os.X_OK):
+        return f"{part} is not writable"
+    return None
+
+
+def writable_folder(path: Path, option: str = "--out") -> Path:
+    """``path`` when it is (or can be made) a writable folder; otherwise a failure, raised
+    before any work starts. Nothing is created here."""
+    if path.exists() and not path.is_dir():
+        raise fail(f"{option} {path} is a file; pass a folder (it is created if missing)")
+    why = _unwritable(path)
+    if why is not None:
+        raise fail(f"{option} {path} cannot be written: {why}; pass a folder you can write to")
+    return path
+
+
+def writable_file(path: Path, option: str = "--out") -> Path:
+    """``path`` when it can be written as a file (its folder exists or can be made)."""
+    if path.is_dir():
+        raise fail(f"{option} {path} is a folder; pass a file path")
+    why = _unwritable(path.parent)
+    if why is None and path.exists() and not os.access(path, os.W_OK):
+        why = f"{path} is read-only"
+    if why is not None:
+        raise fail(f"{option} {path} cannot be written: {why}; pass a path you can write to")
+    return path

@@ -1,12 +1,83 @@
-"""The Typer application; each command lives in its own module and registers itself here."""
+"""The Typer application; each command lives in its own module and registers itself here.
+
+Errors reach the user as one line on stderr, ``error: <what went wrong and how to fix it>``,
+never a usage block or a traceback:
+
+- exit 2, usage errors, found before anything is read or written: an unknown command or
+  option, a missing argument, a value of the wrong type, out of range or not among the
+  choices, option values a configuration refuses. A message that does not name the fix
+  itself ends in ``see 'attnres-probe <command> --help'``.
+- exit 1, failures: a path that does not exist, is not a run or cannot be written (paths are
+  never checked by Typer, so this holds for arguments and options alike), and an operation
+  that failed (the library's errors, turned into their message by the commands).
+
+An unexpected exception (a bug) is one line too, naming how to see its traceback.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import importlib
+import os
+import sys
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
+
+from attnres_probe.cli.common import BadOption, click_errors
+
+TRACEBACK_ENV = "ATTNRES_PROBE_TRACEBACK"
+
+
+def error_line(message: str) -> None:
+    """Print ``error: message`` as one line on stderr (red when stderr is a terminal)."""
+    text = " ".join(message.split())
+    typer.echo(f"{typer.style('error:', fg='red', bold=True)} {text}", err=True)
+
+
+def usage_message(err: click_errors.UsageError) -> str:
+    """Click's usage error as one sentence naming where the options are listed."""
+    message = err.format_message().replace("Value error, ", "").strip().rstrip(".")
+    if message[:1].isupper() and not message[1:2].isupper():
+        message = message[0].lower() + message[1:]
+    if err.ctx is not None and not isinstance(err, BadOption):
+        message += f"; see '{err.ctx.command_path} --help'"
+    return message
+
+
+class OneLineErrors(TyperGroup):
+    """The command group: every error it lets through is printed by :func:`error_line`."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except click_errors.NoArgsIsHelpError:
+            sys.exit(2)  # the help was printed when the error was made
+        except click_errors.UsageError as err:
+            error_line(usage_message(err))
+            sys.exit(err.exit_code)
+        except click_errors.ClickException as err:
+            error_line(err.format_message())
+            sys.exit(err.exit_code)
+        except typer.Abort:
+            error_line("aborted")
+            sys.exit(1)
+        except Exception as err:  # noqa: BLE001 - a bug still reaches the user as one line
+            if os.environ.get(TRACEBACK_ENV):
+                raise
+            error_line(
+                f"unexpected {type(err).__name__}: {err} (a bug: rerun with "
+                f"{TRACEBACK_ENV}=1 for the traceback and report it)"
+            )
+            sys.exit(1)
+        # Without standalone mode Click returns the exit code of a typer.Exit, else None.
+        sys.exit(result if isinstance(result, int) else 0)
+
 
 app = typer.Typer(
+    cls=OneLineErrors,
     help="Depth dynamics of Attention-Residual and PreNorm transformers: train, record, show.",
     no_args_is_help=True,
     add_completion=False,
@@ -32,11 +103,7 @@ def main(
     """attnres-probe: record and show how signal and gradient move through depth."""
 
 
-# Command modules register themselves on `app` when imported (one module per command).
-from attnres_probe.cli import cmd_train  # noqa: E402,F401
-from attnres_probe.cli import cmd_dashboard  # noqa: E402,F401
-from attnres_probe.cli import cmd_export  # noqa: E402,F401
-from attnres_probe.cli import cmd_info  # noqa: E402,F401
-from attnres_probe.cli import cmd_prune  # noqa: E402,F401
-from attnres_probe.cli import cmd_demo  # noqa: E402,F401
-from attnres_probe.cli import cmd_claims  # noqa: E402,F401
+# Each command module registers itself on `app` when imported; --help lists them in this order.
+COMMANDS = ("train", "dashboard", "export", "info", "prune", "demo", "claims")
+for _name in COMMANDS:
+    importlib.import_module(f"attnres_probe.cli.cmd_{_name}")

@@ -72,15 +72,15 @@ def test_another_host_is_passed_through_with_a_warning(fake_server, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args,message",
+    "args,code,message",
     [
-        (["/no/such/folder"], "is not a directory"),
-        (["--port", "70000"], "is not a port number"),
+        (["/no/such/folder"], 1, "does not exist"),
+        (["--port", "70000"], 2, "is not a port number"),
     ],
 )
-def test_bad_dashboard_input_is_one_line_and_exit_2(fake_server, args, message):
+def test_bad_dashboard_input_is_one_line_and_no_server(fake_server, args, code, message):
     result = runner.invoke(app, ["dashboard", *args])
-    assert result.exit_code == 2
+    assert result.exit_code == code
     assert message in result.stderr and "Traceback" not in result.output
     assert fake_server == []
 

@@ -19,20 +19,27 @@ def test_version_and_help_work():
 
 
 @pytest.mark.parametrize(
-    "args,message",
+    "args,code,message",
     [
-        (["--residual", "dense"], "residual='dense' is not a residual kind"),
-        (["--residual", "block", "--layers", "3", "--n-blocks", "4"], "n_blocks=4 does not divide"),
-        (["--data", "/no/such/corpus"], "does not exist"),
-        (["--steps", "0"], "steps=0"),
+        (["--residual", "dense"], 2, "residual='dense' is not a residual kind"),
+        (
+            ["--residual", "block", "--layers", "3", "--n-blocks", "4"],
+            2,
+            "n_blocks=4 does not divide",
+        ),
+        (["--steps", "0"], 2, "steps=0"),
+        (["--data", "/no/such/corpus"], 1, "does not exist"),
     ],
 )
-def test_bad_train_input_is_one_clear_line(args, message, tmp_path):
+def test_bad_train_input_is_one_clear_line(args, code, message, tmp_path):
+    """Option values the configuration refuses are usage errors (2); a missing corpus fails (1)."""
     result = invoke("train", "--out", str(tmp_path / "run"), *args)
-    assert result.exit_code == 1
+    assert result.exit_code == code
     assert message in result.stderr
     assert "Traceback" not in result.output
-    assert result.stderr.strip().count("\n") == 0 or "error:" in result.stderr.splitlines()[-1]
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: ")
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 def test_empty_corpus_is_refused_with_its_path(tmp_path):
@@ -49,10 +56,9 @@ def test_train_command_writes_a_run(tmp_path):
     data = tmp_path / "corpus.txt"
     data.write_text("the quick brown fox jumps over the lazy dog\n" * 400)
     out = tmp_path / "run"
+    options = "--layers 1 --d-model 16 --n-heads 2 --steps 3 --batch-size 2 --seq-len 16"
     result = invoke(
-        "train", "--layers", "1", "--d-model", "16", "--n-heads", "2", "--steps", "3",
-        "--batch-size", "2", "--seq-len", "16", "--data", str(data), "--out", str(out),
-        "--every", "0",
+        "train", *options.split(), "--data", str(data), "--out", str(out), "--every", "0"
     )
     assert result.exit_code == 0, result.output
     assert (out / "checkpoint.safetensors").exists()

@@ -64,7 +64,7 @@ def test_demo_refuses_an_unknown_kind_in_one_line(tmp_path):
     result = runner.invoke(
         app, ["demo", "--quick", "--kinds", "baseline,dense", "--out", str(tmp_path)]
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a bad option value: a usage error
     assert "kind 'dense' is not a residual kind" in result.stderr
     assert "Traceback" not in result.output
 

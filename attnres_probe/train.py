@@ -3,6 +3,10 @@
 Byte-level language modelling with AdamW, warm-up then cosine decay, gradient clipping; the
 probe records every ``record_every`` steps into the run directory, and a checkpoint is saved
 at the end. Deterministic for a seed on a given machine.
+
+Interrupted by Ctrl-C or SIGTERM, it stops in order: the probe flushes every buffered step and
+marks the run interrupted, no checkpoint is written, and the interrupt goes on
+(``KeyboardInterrupt``, or ``SystemExit(143)`` for SIGTERM; see ``hooks.interrupts``).
 """
 
 from __future__ import annotations
@@ -114,7 +118,20 @@ def train(
     corpus: ByteCorpus | None = None,
 ) -> TrainResult:
     """Train one model, recording it with the probe into ``run_dir``; returns its losses."""
-    run_dir = Path(run_dir)
+    from attnres_probe.hooks.interrupts import orderly_exit
+
+    with orderly_exit():  # SIGTERM unwinds (the probe flushes) instead of ending the process
+        return _train(model_cfg, train_cfg, Path(run_dir), on_step, device, corpus)
+
+
+def _train(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    run_dir: Path,
+    on_step: StepCallback | None,
+    device: str,
+    corpus: ByteCorpus | None,
+) -> TrainResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(train_cfg.seed)
     corpus = corpus or ByteCorpus.load(train_cfg.data)
@@ -172,6 +189,7 @@ def _open_probe(model, run_dir, model_cfg, train_cfg, corpus):
 
 def _save(model, model_cfg, train_cfg, corpus, result: TrainResult) -> None:
     from attnres_probe.checkpoint import save_checkpoint
+    from attnres_probe.hooks.interrupts import deferred
 
     extra = {
         "train_config": asdict(train_cfg),
@@ -182,4 +200,5 @@ def _save(model, model_cfg, train_cfg, corpus, result: TrainResult) -> None:
         "steps_per_s": result.steps_per_s,
     }
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    save_checkpoint(result.run_dir, state, model_cfg.to_dict(), extra)
+    with deferred:  # an interrupt waits for the checkpoint files to be whole
+        save_checkpoint(result.run_dir, state, model_cfg.to_dict(), extra)

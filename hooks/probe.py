@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from attnres_probe.hooks import interrupts
 from attnres_probe.hooks.discovery import LayersArg, discover_layers
 from attnres_probe.hooks.errors import ProbeError, ProbeStoreError, ProbeWarning
 from attnres_probe.hooks.layout import RowLayout, StepRow
@@ -100,6 +101,7 @@ class Probe:
         self._handles: list[RemovableHandle] = []  # the model's own two hooks, while attached
         self._forward_handles: list[RemovableHandle] = []  # taps' hooks, in a recorded forward
         self._entered = False
+        self._held_signals = False  # SIGTERM / SIGINT handled by ``interrupts`` while attached
         self._disabled = False  # no store to write to: nothing is recorded
         self._pending: _Flush | None = None
         self._open_row: StepRow | None = None
@@ -152,6 +154,9 @@ class Probe:
             before, after = _model_hooks(self)
             self._handles.append(module.register_forward_pre_hook(before))
             self._handles.append(module.register_forward_hook(after, always_call=True))
+            # From here on SIGTERM unwinds through __exit__ (which flushes) instead of ending
+            # the process on the spot; see ``interrupts``.
+            self._held_signals = interrupts.hold()
         except BaseException:
             self._detach()
             raise
@@ -159,21 +164,31 @@ class Probe:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if exc_type is not None and self.ranks.active:
-                # Other ranks may not reach the collective: keep no rank waiting.
-                if self._row_steps:
-                    warnings.warn(
-                        f"probe: {len(self._row_steps)} buffered steps dropped: an exception "
-                        "under torch.distributed leaves no safe point to reduce across ranks",
-                        ProbeWarning,
-                        stacklevel=2,
-                    )
-            else:
-                self._flush(during_exception=exc_type is not None)
-            self._drain(block=True, during_exception=exc_type is not None)
-            self._sink.close(failed=exc_type is not None)
+            with interrupts.deferred:  # a second signal waits until the run is closed
+                try:
+                    self._close_run(failed=exc_type is not None)
+                finally:
+                    self._detach()
         finally:
-            self._detach()
+            if self._held_signals:
+                self._held_signals = False
+                interrupts.release()
+
+    def _close_run(self, failed: bool) -> None:
+        """Flush the buffered steps and close the run ('interrupted' when ``failed``)."""
+        if failed and self.ranks.active:
+            # Other ranks may not reach the collective: keep no rank waiting.
+            if self._row_steps:
+                warnings.warn(
+                    f"probe: {len(self._row_steps)} buffered steps dropped: an exception "
+                    "under torch.distributed leaves no safe point to reduce across ranks",
+                    ProbeWarning,
+                    stacklevel=3,
+                )
+        else:
+            self._flush(during_exception=failed)
+        self._drain(block=True, during_exception=failed)
+        self._sink.close(failed=failed)
 
     def close(self) -> None:
         """Flush, close the store and remove every hook (what leaving the ``with`` does)."""
@@ -303,6 +318,10 @@ class Probe:
 
     def _flush(self, during_exception: bool = False) -> None:
         """Start moving the buffered rows to the host (all-reduced under distributed)."""
+        with interrupts.deferred:  # rows between the buffer and the store are in no one place
+            self._flush_rows(during_exception)
+
+    def _flush_rows(self, during_exception: bool) -> None:
         n = len(self._row_steps)
         if n == 0:
             return
@@ -337,6 +356,12 @@ class Probe:
 
     def _drain(self, block: bool, during_exception: bool = False) -> None:
         """Hand a flush whose copy has finished to the store (wait for it if ``block``)."""
+        if self._pending is None:
+            return
+        with interrupts.deferred:
+            self._drain_rows(block, during_exception)
+
+    def _drain_rows(self, block: bool, during_exception: bool) -> None:
         pending = self._pending
         if pending is None:
             return

@@ -265,7 +265,8 @@ class RunWriter:
             for name, arr in self._arrays.items()
         }
         self._filled = 0
-        self._pending = 0
+        self._pending = 0  # buffered steps not committed yet
+        self._since_try = 0
 
     # -- recording
 
@@ -282,11 +283,21 @@ class RunWriter:
     def append(self, step: int, values: Mapping[str, Any]) -> None:
         """Buffer one recorded step; each value shaped like its variable's dims after 'step'.
 
-        No I/O, except every ``flush_every`` steps when the buffer is flushed.
+        No I/O, except every ``flush_every`` steps when the buffer is flushed. After a failed
+        flush the steps stay buffered and the next try comes ``flush_every`` steps later (not at
+        every step); once a whole chunk is buffered unwritten, further steps are refused.
         """
         if self._closed:
             raise run_error(self._loc.shown, "append() after close()", "open a new RunWriter")
         if self._filled == self.chunk_steps:  # a full chunk whose flush failed: retry first
+            self._since_try += 1
+            if self._since_try < self.flush_every:
+                raise run_error(
+                    self._loc.shown,
+                    f"step {step} dropped: the buffer holds a whole chunk of steps whose flush "
+                    "failed",
+                    "every earlier flush is kept; check the disk or filesystem",
+                )
             self.flush()
         checked = []  # every value is checked before any is buffered
         for name, value in values.items():
@@ -309,13 +320,15 @@ class RunWriter:
         self._buffers[STEP][row] = step
         self._filled += 1
         self._pending += 1
-        if self._pending >= self.flush_every or self._filled == self.chunk_steps:
+        self._since_try += 1
+        if self._since_try >= self.flush_every or self._filled == self.chunk_steps:
             self.flush()
 
     def flush(self) -> None:
         """Write the buffered steps (the current chunk of every array), then commit them."""
         if self._pending == 0 or self._closed:
             return
+        self._since_try = 0  # steps appended since the last flush tried to write
         start, end = self._chunk_start, self._chunk_start + self.chunk_steps
         n = start + self._filled
         try:

@@ -7,6 +7,7 @@ fix, or a read that keeps what is intact and says what it dropped — never zarr
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -25,7 +26,9 @@ import xarray as xr
 from fsspec.implementations.memory import MemoryFileSystem
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
+from attnres_probe.cli import app
 from attnres_probe.store import (
     RunNotFoundError,
     RunStoreError,
@@ -196,6 +199,67 @@ def test_repair_refuses_a_run_whose_writer_is_alive(tmp_path):
         assert open_run(tmp_path / "run", repair=True).attrs["status"] == "running"
 
 
+LIVE_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from attnres_probe.store import RunWriter
+    coords = {"sublayer": np.arange(4), "source": np.array(["emb", "a", "b"], object)}
+    variables = {"loss": ("step",), "hidden_rms": ("step", "sublayer"),
+                 "depth_weights": ("step", "sublayer", "source")}
+    def values(s):
+        return {"loss": s, "hidden_rms": np.arange(4) + s,
+                "depth_weights": np.full((4, 3), s / 100)}
+    w = RunWriter(sys.argv[1], variables, coords, {"residual": "full"}, flush_every=2)
+    for s in range(7):  # 3 flushes committed, step 6 buffered
+        w.append(s, values(s))
+    print("committed", flush=True)
+    sys.stdin.read()  # the run stays open until the test closes stdin
+    w.append(7, values(7))
+    w.close()
+    """
+)
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(app, list(args), prog_name="attnres-probe")
+
+
+def test_a_run_written_by_another_process_reads_as_running_and_refuses_repair(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LIVE_SCRIPT, str(run)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout.readline() == b"committed\n", proc.stderr.read()
+        ds = open_run(run)
+        assert ds.attrs["status"] == "running" and "dropped" not in ds.attrs
+        assert _check_prefix(ds) == 6  # committed flushes only, not the buffered step
+        assert _check_prefix(open_run(run, repair=True)) == 6  # repair skipped while live
+
+        with pytest.raises(
+            RunStoreError,
+            match=f"run {run}: it is being written by process {proc.pid} .*stop that writer first",
+        ):
+            repair(run)
+        refused = _cli("info", str(run), "--repair")
+        assert refused.exit_code == 1
+        assert refused.stderr.startswith(f"error: run {run}: it is being written by process")
+        assert "Traceback" not in refused.output and refused.stdout == ""
+        shown = _cli("info", str(run))
+        assert shown.exit_code == 0 and "running" in shown.stdout
+        assert [i.status for i in list_runs(tmp_path)] == ["live"]
+    finally:
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert _check_prefix(open_run(run)) == 8
+    repaired = _cli("info", str(run), "--repair")
+    assert repaired.exit_code == 0 and "nothing to repair" in repaired.stderr
+
+
 # ----------------------------------------------------------------------------- bad paths
 
 
@@ -325,6 +389,104 @@ def test_an_unreadable_array_is_left_out_and_the_rest_is_read(tmp_path):
     assert "depth_weights" not in ds and ds["loss"].values.tolist() == list(range(6))
 
 
+def test_leftover_temp_files_are_neither_read_nor_a_problem(tmp_path):
+    run = _record(tmp_path / "run", 30, flush_every=5, chunk_steps=10)
+    store = run / "recording.zarr"
+    chunk = store / "hidden_rms" / "c.1.0"
+    good = chunk.read_bytes()
+    chunk.unlink()  # its atomic rewrite died: only the temp file is left
+    (store / "hidden_rms" / "c.1.0.3f2a9c.partial").write_bytes(good)
+    (store / "loss" / "c.3.77aa01.partial").write_bytes(b"half a chunk")  # zarr's temp name
+    (store / "loss" / "c.0.5e5e.partial").write_bytes(b"\0" * 44)
+    newer = json.loads((store / "zarr.json").read_text())
+    newer["attributes"]["n_steps"] = 40  # an uncommitted marker in a temp file
+    (store / "zarr.9c1e2b.partial").write_text(json.dumps(newer))
+    (store / "depth_weights" / "zarr.0d0d.partial").write_bytes(b'{"sha')
+
+    with pytest.warns(RunStoreWarning) as caught:
+        ds = open_run(run)
+    assert [str(w.message).count("hidden_rms: chunk(s) missing") for w in caught] == [1]
+    assert ds.attrs["dropped"] == "hidden_rms: chunk(s) missing at step index 10–19, read as NaN"
+    assert np.isnan(ds["hidden_rms"].values[10:20]).all()  # the temp file is not the chunk
+    assert ds.attrs["n_steps"] == 30 and ds.attrs["status"] == "finished"
+    assert ds["loss"].values.tolist() == list(range(30))
+    np.testing.assert_allclose(ds["depth_weights"].values[:, 0, 0], np.arange(30) / 100, rtol=1e-6)
+    [info] = list_runs(tmp_path)
+    assert info.status == "finished"
+
+    report = repair(run)
+    assert len(report.removed) == 5 and not list(store.rglob("*.partial"))
+    chunk.write_bytes(good)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _check_prefix(open_run(run), at_least=30)
+
+
+GROUP_META = b'{"zarr_format": 3, "node_type": "group", "attributes": {}}'
+
+
+MISSING = "left out, its zarr.json is missing"
+NOT_JSON = "left out, its zarr.json is not valid JSON (truncated or corrupt)"
+NOT_ARRAY = "left out, its zarr.json is not usable array metadata"
+
+
+@pytest.mark.parametrize(
+    "name,damage,note",
+    [
+        pytest.param("hidden_rms", None, MISSING, id="missing"),
+        pytest.param("hidden_rms", b"", NOT_JSON, id="empty"),
+        pytest.param("hidden_rms", b'{"zarr_format": 3, "node_ty', NOT_JSON, id="truncated"),
+        pytest.param("hidden_rms", {"zarr_format": 2}, NOT_ARRAY, id="v2"),
+        pytest.param("hidden_rms", {"data_type": "float99"}, NOT_ARRAY, id="dtype"),
+        pytest.param("hidden_rms", {"shape": [-3, 4]}, NOT_ARRAY, id="shape"),
+        pytest.param(
+            "hidden_rms",
+            {"dimension_names": None},
+            "left out, it has no usable dimension names",
+            id="no-dims",
+        ),
+        pytest.param(
+            "hidden_rms",
+            GROUP_META,
+            "left out, its zarr.json describes a group, not an array",
+            id="group",
+        ),
+        pytest.param(
+            "step",
+            None,
+            "the step coordinate is missing, steps are numbered by position",
+            id="step",
+        ),
+        pytest.param("sublayer", b"\xff\xfe", NOT_JSON, id="coordinate-binary"),
+    ],
+)
+def test_a_damaged_array_metadata_file_leaves_that_array_out_and_says_so(
+    tmp_path, name, damage, note
+):
+    run = _record(tmp_path / "run", 12)
+    meta = run / "recording.zarr" / name / "zarr.json"
+    if damage is None:
+        meta.unlink()
+    elif isinstance(damage, bytes):
+        meta.write_bytes(damage)
+    else:
+        doc = json.loads(meta.read_text())
+        doc.update(damage)
+        meta.write_text(json.dumps(doc))
+    note = f"{name}: {note}"
+    with pytest.warns(RunStoreWarning, match=f"run {run} was read in part: .*{re.escape(note)}"):
+        ds = open_run(run)
+    assert name not in ds.variables
+    assert note in ds.attrs["dropped"]
+    assert ds.sizes["step"] == 12 and ds["loss"].values.tolist() == list(range(12))
+    if name != "step":
+        assert ds["step"].values.tolist() == list(range(12))
+    report = repair(run)  # repair cannot rebuild metadata: it says so and changes nothing
+    assert report.n_steps == 12 and not report.trimmed
+    if damage is None or (isinstance(damage, bytes) and damage != GROUP_META):
+        assert any(p.startswith(f"{name}: its zarr.json is") for p in report.problems)
+
+
 # ----------------------------------------------------------------------------- failing disk
 
 
@@ -333,15 +495,20 @@ class FlakyMemoryFileSystem(MemoryFileSystem):
 
     protocol = "flakymem"
     failing = False
+    failed_writes = 0
+
+    def _fail(self) -> None:
+        FlakyMemoryFileSystem.failed_writes += 1
+        raise OSError(28, "No space left on device")
 
     def pipe_file(self, path, value, *args, **kwargs):
         if FlakyMemoryFileSystem.failing:
-            raise OSError(28, "No space left on device")
+            self._fail()
         return super().pipe_file(path, value, *args, **kwargs)
 
     def open(self, path, mode="rb", *args, **kwargs):
         if FlakyMemoryFileSystem.failing and "w" in mode:
-            raise OSError(28, "No space left on device")
+            self._fail()
         return super().open(path, mode, *args, **kwargs)
 
 
@@ -363,6 +530,37 @@ def test_a_failing_filesystem_keeps_the_last_good_flush_and_recovers(monkeypatch
         w.append(s, _values(s))
     w.close()
     assert _check_prefix(open_run(url)) == 14
+
+
+def test_a_failing_filesystem_is_tried_once_per_flush_not_at_every_step(monkeypatch):
+    fsspec.register_implementation("flakymem", FlakyMemoryFileSystem, clobber=True)
+    url = f"flakymem://runs-{uuid.uuid4().hex}/run"
+    w = RunWriter(url, VARIABLES, COORDS, flush_every=4, chunk_steps=8)
+    for s in range(4):
+        w.append(s, _values(s))
+    monkeypatch.setattr(FlakyMemoryFileSystem, "failed_writes", 0)
+    monkeypatch.setattr(FlakyMemoryFileSystem, "failing", True)
+    tried_at, refused = [], []
+    for s in range(4, 20):
+        before = FlakyMemoryFileSystem.failed_writes
+        try:
+            w.append(s, _values(s))
+        except RunStoreError as err:
+            refused.append(s)
+            if "dropped" in str(err):
+                assert f"step {s} dropped: the buffer holds a whole chunk" in str(err)
+        if FlakyMemoryFileSystem.failed_writes > before:
+            tried_at.append(s)
+    assert tried_at == [7, 11, 15, 19]  # once per flush_every steps
+    assert refused == list(range(7, 20))  # the chunk (steps 0–7) is full and unwritten
+    monkeypatch.setattr(FlakyMemoryFileSystem, "failing", False)
+    w.flush()  # an explicit flush always tries
+    for s in range(20, 24):
+        w.append(s, _values(s))
+    w.close()
+    ds = open_run(url)
+    assert ds["step"].values.tolist() == [*range(8), *range(20, 24)]
+    assert ds["loss"].values.tolist() == [*range(8), *range(20, 24)]
 
 
 # ----------------------------------------------------------------------------- fuzzing

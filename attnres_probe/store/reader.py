@@ -301,6 +301,20 @@ def _dataset(data_vars: dict, coords: dict, attrs: dict, notes: list[str]) -> xr
     return ds
 
 
+def metadata_problem(loc: Location, name: str, err: Exception) -> str | None:
+    """Why zarr could not open array ``name`` (its zarr.json missing, not JSON, or not Zarr
+    array metadata); None when it has no zarr.json at all."""
+    raw = loc.read(f"{name}/zarr.json")
+    if raw is None:
+        return None
+    try:
+        json.loads(raw)
+    except ValueError:
+        return "its zarr.json is not valid JSON (truncated or corrupt)"
+    detail = str(err).splitlines()[0][:160] if str(err) else ""
+    return f"its zarr.json is not usable array metadata ({type(err).__name__}: {detail})"
+
+
 def _read(loc: Location, lazy) -> xr.Dataset:
     header = read_header(loc)
     n = header["n_steps"]
@@ -314,16 +328,19 @@ def _read(loc: Location, lazy) -> xr.Dataset:
         try:
             arr = group[name]
         except Exception as err:  # noqa: BLE001
-            if creating and loc.read(f"{name}/zarr.json") is None:
-                continue
-            notes.append(f"{name}: left out, its zarr.json is unreadable ({type(err).__name__})")
+            problem = metadata_problem(loc, name, err)
+            if problem is None and creating:
+                continue  # not written yet
+            notes.append(f"{name}: left out, {problem or 'its zarr.json is missing'}")
             continue
-        if isinstance(arr, zarr.Array):
-            dims = dims_of(arr)
-            if dims is None:
-                notes.append(f"{name}: left out, it has no usable dimension names")
-            else:
-                arrays[name] = (arr, dims)
+        if not isinstance(arr, zarr.Array):
+            notes.append(f"{name}: left out, its zarr.json describes a group, not an array")
+            continue
+        dims = dims_of(arr)
+        if dims is None:
+            notes.append(f"{name}: left out, it has no usable dimension names")
+        else:
+            arrays[name] = (arr, dims)
 
     steps = None
     if STEP in arrays:

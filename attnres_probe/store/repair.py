@@ -12,7 +12,7 @@ import zarr
 
 from attnres_probe.store.header import open_group, read_header, refuse_live
 from attnres_probe.store.location import locate
-from attnres_probe.store.reader import describe_spans, missing_rows
+from attnres_probe.store.reader import describe_spans, metadata_problem, missing_rows
 from attnres_probe.store.schema import STEP, WRITER_KEY, RunStoreError, dims_of
 
 
@@ -69,7 +69,8 @@ def repair(
         try:
             arr = group[name]
         except Exception as err:  # noqa: BLE001
-            problems.append(f"{name}: its zarr.json is unreadable ({type(err).__name__})")
+            problem = metadata_problem(loc, name, err) or "its zarr.json is missing"
+            problems.append(f"{name}: {problem}")
             continue
         dims = dims_of(arr) if isinstance(arr, zarr.Array) else None
         if dims and dims[:1] == (STEP,):

@@ -21,7 +21,9 @@ appends them to the store. Under torch.distributed the rows are summed across ra
 Faults never stop training unless ``strict=True``: a store that fails to open or write warns
 once (the store keeps its last completed flush) and recording stops; non-finite statistics are
 recorded as such, counted in ``nonfinite`` and reported to ``on_nonfinite(step, count)`` when
-their flush reaches the host.
+their flush reaches the host. Interrupted training ends in order: Ctrl-C and SIGTERM (raised as
+``SystemExit(143)`` while a probe is attached) leave the ``with`` after the buffered steps are
+flushed, and never in the middle of a flush (see ``interrupts``).
 """
 
 from __future__ import annotations

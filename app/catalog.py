@@ -14,6 +14,9 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 ROOT_ENV = "ATTNRES_PROBE_ROOT"
 
+# What the dashboard reads (and writes pruning results into) inside a run directory.
+RUN_PARTS = ("recording.zarr", "checkpoint.safetensors", "config.json")
+
 TRAIN_HINT = "attnres-probe train --residual full --layers 4 --steps 200 --out {root}/full-s0"
 
 
@@ -83,8 +86,9 @@ def is_run_dir(path: Path) -> bool:
 def resolve_run(root: Path, name: str) -> Path:
     """The directory of run ``name`` under ``root``; RunRefused unless it stays inside ``root``.
 
-    Refuses absolute paths, ``..`` components, URLs, empty names, and names whose resolved
-    path (symlinks followed) leaves ``root`` or is not a run.
+    Refuses absolute paths, ``..`` components, URLs, empty names, names whose resolved
+    path (symlinks followed) leaves ``root`` or is not a run, and runs whose recording or
+    checkpoint is a symlink leaving ``root``. Names are used as given, never URL-decoded.
     """
     shown = repr(name)
     if not name or "\x00" in name:
@@ -102,6 +106,9 @@ def resolve_run(root: Path, name: str) -> Path:
         raise RunRefused(f"run {shown} resolves outside ROOT (a symlink?); it is not served")
     if not is_run_dir(path):
         raise RunRefused(f"run {shown} is not a run directory under ROOT")
+    for part in RUN_PARTS:
+        if os.path.lexists(path / part) and not _within((path / part).resolve(), root):
+            raise RunRefused(f"run {shown} keeps {part} outside ROOT (a symlink); it is not served")
     return path
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import functools
 import html
 import json
+import re
 import shutil
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import numpy as np
 import pytest
@@ -143,6 +145,38 @@ def test_run_attributes_with_html_are_shown_as_literal_json(dashboard):
     assert "Attributes of" in plain(at.expander[0].label)
 
 
+MARKDOWN_ELEMENTS = (
+    "title",
+    "header",
+    "subheader",
+    "markdown",
+    "caption",
+    "info",
+    "warning",
+    "error",
+    "success",
+)
+
+
+def markdown_sources(at: AppTest) -> list[str]:
+    """The markdown source of every element Streamlit renders as markdown, expander labels too."""
+    return texts(at, *MARKDOWN_ELEMENTS) + [e.label for e in at.expander]
+
+
+@pytest.mark.parametrize("page", ["runs", *PAGES])
+def test_a_run_name_with_markdown_and_html_is_escaped_in_every_markdown_element(dashboard, page):
+    """Wherever the name reaches markdown it is escaped: no image, link, emphasis or HTML."""
+    query = {"compare": [HTML_NAME, FULL]} if page == "compare" else {"run": HTML_NAME}
+    at = dashboard(page, **query)
+    showing = [m for m in markdown_sources(at) if "onerror" in m]
+    if page != "compare":  # it names the run only in its charts and picker
+        assert showing, markdown_sources(at)
+    for source in showing:
+        bare = re.sub(r"\\.", "", source)  # drop every escaped character
+        assert not set(bare) & set("<>*[]"), source
+        assert HTML_NAME in plain(source)
+
+
 def test_with_no_runs_the_page_says_how_to_make_one(dashboard, tmp_path, monkeypatch):
     monkeypatch.setenv(ROOT_ENV, str(tmp_path))
     at = dashboard()
@@ -185,6 +219,58 @@ def test_a_query_string_naming_a_run_outside_root_is_refused(dashboard, root, re
     (warning,) = texts(at, "warning")
     assert why in plain(warning)
     assert at.sidebar.selectbox(key="run").value == OPENABLE[0]  # first run, not the request
+
+
+@pytest.mark.parametrize(
+    "raw,why",
+    [
+        ("run=%2e%2e%2foutside", "climbs out of ROOT"),
+        ("run=%2E%2E/outside", "climbs out of ROOT"),
+        ("run=exp%2F..%2F..%2Foutside", "climbs out of ROOT"),
+        ("run=%2e%2e%5coutside", "climbs out of ROOT"),  # a backslash
+        ("run=%2Ftmp%2Foutside", "absolute path"),
+        ("run=escape%2F", "outside ROOT"),  # the symlink, with a trailing slash
+        ("run=%252e%252e%252foutside", "not a run directory"),  # decoded once, never twice
+    ],
+)
+def test_a_url_encoded_escape_in_the_query_string_is_refused(dashboard, raw, why):
+    """The browser sends the query string as typed and Streamlit decodes it once with
+    parse_qs; the page gets the decoded name and refuses it like its plain spelling."""
+    (requested,) = parse_qs(raw)["run"]
+    at = dashboard("dilution", run=requested)
+    (warning,) = texts(at, "warning")
+    assert why in plain(warning)
+    assert at.sidebar.selectbox(key="run").value == OPENABLE[0]
+    assert not any("outside" in t.get("name", "") for c in charts(at) for t in c["data"])
+
+
+def test_a_run_whose_recording_is_a_symlink_out_of_root_is_not_served(
+    dashboard, monkeypatch, tmp_path
+):
+    from test_app_runs import record, small
+
+    root = tmp_path / "root"
+    record(root / "inside", small("baseline"), 4)
+    record(tmp_path / "elsewhere", small("full"), 4)
+    (root / "sneaky").mkdir()
+    (root / "sneaky" / "recording.zarr").symlink_to(tmp_path / "elsewhere" / "recording.zarr")
+    monkeypatch.setenv(ROOT_ENV, str(root))
+    at = dashboard("depth_attention", run="sneaky")
+    (warning,) = texts(at, "warning")
+    assert "keeps recording.zarr outside ROOT" in plain(warning)
+    assert at.sidebar.selectbox(key="run").options == ["inside"]
+    assert not charts(at)  # "inside" is a baseline: nothing of the full run outside is drawn
+    table = dashboard().dataframe[0].value.set_index("run")
+    assert table.loc["sneaky", "state"] == "refused"
+
+
+def test_compare_ignores_runs_outside_root_named_in_the_query_string(dashboard, root):
+    outside = [ESCAPE, "../outside", str(root.parent / "outside"), "%2e%2e/outside"]
+    at = dashboard("compare", compare=[*outside, BASELINE, FULL])
+    chosen = at.multiselect(key="compare").value
+    assert set(chosen) <= set(OPENABLE) and not set(chosen) & set(outside)
+    names = {t["name"] for c in charts(at) for t in c["data"] if "name" in t}
+    assert not any("outside" in n or ESCAPE in n for n in names)
 
 
 def test_run_and_step_come_from_the_query_string(dashboard):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -72,6 +73,48 @@ def test_a_symlink_escaping_root_is_listed_as_refused_not_opened(tree):
     assert opened == []
 
 
+@pytest.mark.parametrize(
+    "name,why",
+    [
+        ("escape/", "outside ROOT"),  # the symlink named with a trailing slash
+        ("./escape", "outside ROOT"),
+        ("exp/./../../outside", "climbs out"),
+        ("%2e%2e/outside", "not a run directory"),  # taken literally, never URL-decoded
+        ("%2E%2E%2Foutside", "not a run directory"),
+        ("..%2foutside", "not a run directory"),
+    ],
+)
+def test_spelled_out_and_percent_encoded_escapes_are_refused(tree, name, why):
+    root, _ = tree
+    with pytest.raises(catalog.RunRefused, match=why):
+        catalog.resolve_run(root, name)
+
+
+def test_a_percent_encoded_name_is_a_literal_folder_name_inside_root(tree):
+    """Names are never decoded: a folder really called '%2e%2e' is that folder, inside ROOT."""
+    root, _ = tree
+    literal_dots = make_run(root / "%2e%2e" / "outside")
+    assert catalog.resolve_run(root, "%2e%2e/outside") == literal_dots.resolve()
+
+
+@pytest.mark.parametrize("part", ["recording.zarr", "checkpoint.safetensors", "config.json"])
+def test_a_run_whose_files_are_symlinks_leaving_root_is_refused(tree, part):
+    root, outside = tree
+    (outside / "checkpoint.safetensors").write_bytes(b"weights")
+    (outside / "config.json").write_text("{}")
+    sneaky = root / "sneaky"
+    sneaky.mkdir()
+    if part != "recording.zarr":
+        make_run(sneaky)
+    (sneaky / part).symlink_to(outside / part)
+    assert "sneaky" in catalog.run_names(root)
+    with pytest.raises(catalog.RunRefused, match=f"keeps {part} outside ROOT"):
+        catalog.resolve_run(root, "sneaky")
+    opened = []
+    row = catalog.summarize(root, "sneaky", run_info=lambda path, name: opened.append(path))
+    assert row.state == "refused" and opened == []
+
+
 def test_a_run_that_fails_to_open_becomes_a_broken_row_with_the_reason(tree):
     root, _ = tree
 
@@ -101,11 +144,22 @@ def test_a_single_run_as_root_is_listed_as_dot(tmp_path):
     assert catalog.resolve_run(run, ".") == run.resolve()
 
 
-def test_literal_escapes_markdown_and_html():
-    text = "<b>x</b> **y** [z](javascript:alert(1)) :red[w]"
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<b>x</b> **y** [z](javascript:alert(1)) :red[w]",
+        "<img src=x onerror=alert(1)>",
+        "[link](javascript:alert(1))",
+        "**bold** __b__ *i* `code` ~~s~~ $x$ # h",
+        "line one\n# a heading on line two",
+    ],
+)
+def test_literal_escapes_markdown_and_html(text):
     escaped = catalog.literal(text)
-    assert "<b>" not in escaped and "**" not in escaped and "](" not in escaped
-    assert escaped.replace("\\", "") == text
+    bare = re.sub(r"\\.", "", escaped)  # what is left once every escaped character is gone
+    assert not set(bare) & set("<>*_[]()`~$#"), bare
+    assert "\n" not in escaped
+    assert escaped.replace("\\", "") == text.replace("\n", " ")
 
 
 def test_the_store_status_maps_to_live_interrupted_or_finished():

@@ -16,8 +16,11 @@ import pytest
 
 from attnres_probe.models.config import ModelConfig
 
-HTML_NAME = "<img src=x onerror=alert(1)> **b** [l](u)"
-HTML_ATTR = "<script>alert(2)</script> _i_ :red[r]"
+HTML_NAME = "<img src=x onerror=alert(1)> **b** [l](javascript:alert(1))"
+HTML_ATTR = (
+    "<script>alert(2)</script> _i_ :red[r] **bold** [link](javascript:alert(1)) "
+    "<img src=x onerror=alert(3)>"
+)
 BASELINE = "exp/baseline"
 FULL = "exp/full"
 LIVE = "live-full"

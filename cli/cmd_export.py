@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from attnres_probe.cli.common import (
+    LazyProgress,
     err_console,
     fail,
     library_errors,
@@ -78,7 +79,7 @@ def export(
     ] = None,
 ) -> None:
     """Draw figures of recorded runs (overlaid or side by side) and write them to files."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
     names = list(FIGURE_NAMES) if any(f.value == "all" for f in figure) else []
     names += [f.value for f in figure if f.value != "all" and f.value not in names]
@@ -117,10 +118,14 @@ def export(
             if n_heatmaps > 2 and fig.layout.width is None:
                 fig.update_layout(width=480 * n_heatmaps + 160)
         columns = (TextColumn("[bold]export {task.description}"), BarColumn(), MofNCompleteColumn())
-        with Progress(*columns, console=err_console, transient=True) as progress:
-            task = progress.add_task(fmt_value, total=len(items))
-            written = write_figures(
-                items, fmt_value, lambda done, total, path: progress.update(task, completed=done)
-            )
+        with LazyProgress(*columns, console=err_console, transient=True) as progress:
+            tasks: list[int] = []
+
+            def on_written(done: int, total: int, path: Path) -> None:
+                if not tasks:  # the first file is written: the exporter works
+                    tasks.append(progress.add_task(fmt_value, total=total))
+                progress.update(tasks[0], completed=done)
+
+            written = write_figures(items, fmt_value, on_written)
     for path in written:
         out_console.print(str(path), highlight=False, soft_wrap=True)

@@ -325,6 +325,15 @@ def test_a_port_in_use_is_a_failure_before_the_server_starts(heavy_work):
     assert heavy_work == []
 
 
+def test_a_static_export_without_a_browser_fails_in_one_line(paths, monkeypatch):
+    """No Chrome for PNG: the exporter refuses before starting one; nothing is written."""
+    monkeypatch.setenv("BROWSER_PATH", str(paths["missing"]))
+    target = paths["empty"] / "loss.png"
+    result = invoke("export", paths["run"], "-f", "loss", "-o", target)
+    assert_one_line(result, 1, "needs Chrome or Chromium", "--format html")
+    assert not target.exists()
+
+
 def test_a_dashboard_without_streamlit_says_how_to_install_it(heavy_work, monkeypatch):
     import importlib.util
 

@@ -11,7 +11,8 @@ the signal is never swallowed. The previous handlers come back when the last hol
 
 Either signal can land anywhere, also while a flush is on its way from the probe's buffer to
 the store, where an exception would lose the rows in between. So the probe marks those stretches
-with :data:`deferred`: a signal arriving inside one is held and raised as soon as it ends. For
+with :data:`deferred`: a signal arriving inside one is held and raised as soon as it ends (a
+second signal while one is held is raised at once, so a hanging flush stays interruptible). For
 that, SIGINT's handler is replaced too while held, if it is Python's default one (raising
 ``KeyboardInterrupt`` exactly as before, just not in the middle of a flush). Handlers installed
 by the program itself are left alone.
@@ -51,10 +52,11 @@ def _exception(signum: int) -> BaseException:
 
 
 def _handle(signum: int, frame: FrameType | None) -> None:
-    if _State.depth > 0:
-        if _State.pending is None:
-            _State.pending = signum
+    if _State.depth > 0 and _State.pending is None:
+        _State.pending = signum  # raised when the deferred section ends
         return
+    # Outside a deferred section, or a second signal while one waits (a flush that hangs,
+    # e.g. on a stalled network filesystem, can still be interrupted): raise now.
     _State.pending = None
     raise _exception(signum)
 

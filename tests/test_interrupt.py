@@ -112,6 +112,21 @@ def test_a_sigterm_during_the_exit_flush_waits_for_it_then_ends_the_process(
     assert ds.attrs["status"] == "interrupted"
 
 
+def test_a_second_signal_while_one_waits_interrupts_at_once(default_handlers):
+    reached = []
+    with interrupts.orderly_exit():
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts.deferred:  # e.g. a flush hanging on a stalled filesystem
+                os.kill(os.getpid(), signal.SIGINT)
+                reached.append("after the first")  # the first one waits
+                os.kill(os.getpid(), signal.SIGINT)
+                reached.append("after the second")
+    assert reached == ["after the first"]
+    with interrupts.orderly_exit():
+        with interrupts.deferred:
+            pass  # nothing is left waiting from before
+
+
 def test_signal_handlers_come_back_on_exit_and_the_programs_own_are_left_alone(
     tmp_path, default_handlers
 ):

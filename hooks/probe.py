@@ -166,7 +166,7 @@ class Probe:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            with interrupts.deferred:  # a second signal waits until the run is closed
+            with interrupts.deferred:  # a signal arriving now waits until the run is closed
                 try:
                     self._close_run(failed=exc_type is not None)
                 finally:

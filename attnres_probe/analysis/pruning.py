@@ -306,6 +306,8 @@ def _run_dir(run: str | Path) -> Path:
     path = Path(run)
     if path.suffix == ".zarr":
         path = path.parent
+    if path.is_file():
+        raise FileNotFoundError(f"run {run} is a file, not a run directory; pass the directory")
     if not path.is_dir():
         raise FileNotFoundError(f"run {run} does not exist; pass a run directory")
     return path

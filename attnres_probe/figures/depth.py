@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import plotly.graph_objects as go
 import xarray as xr
@@ -54,7 +56,7 @@ def depth_heatmap(
         fig.add_trace(
             go.Heatmap(
                 z=w.values.astype(float),
-                x=[str(s) for s in w["source"].values],
+                x=[html.escape(str(s)) for s in w["source"].values],
                 y=site_labels(w),
                 coloraxis="coloraxis",
                 name=name,

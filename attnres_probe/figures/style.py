@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import zlib
 from collections.abc import Mapping, Sequence
 
@@ -52,7 +53,7 @@ def site_labels(da: xr.DataArray) -> list[str]:
     kinds = da["kind"].values if "kind" in da.coords else ["attn", "mlp"] * da.sizes["sublayer"]
     layers = da["layer_of"].values if "layer_of" in da.coords else da["sublayer"].values // 2
     return [
-        "out" if str(k) == "out" else f"L{int(layer)}.{k}"
+        "out" if str(k) == "out" else f"L{int(layer)}.{html.escape(str(k))}"
         for k, layer in zip(kinds, layers, strict=False)
     ]
 

@@ -370,10 +370,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{'method':8s} {'ROOT':9s} {'peak RSS (median)':>18s} {'min..max':>16s} "
         f"{'RSS after':>10s} {'visit s':>8s} {'figures':>8s}  exceptions",
     ]
-    medians = {}
+    medians, spread = {}, 0
     for (method, label), rows in results.items():
         peaks = [r["peak_kib"] for r in rows]
         medians[(method, label)] = statistics.median(peaks)
+        spread = max(spread, max(peaks) - min(peaks))
         lines.append(
             f"{method:8s} {label:9s} {mib(statistics.median(peaks)):>18s} "
             f"{mib(min(peaks)) + '..' + mib(max(peaks)):>16s} "
@@ -388,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"{method}: {args.runs} runs add {mib(many - medians[(method, 'empty')])} to the "
             f"idle peak: {mib(drawn)} for drawing the pages at all (2 runs), then "
-            f"{listed / 1024:.2f} MiB per further run listed"
+            f"{listed / 1024:+.2f} MiB per further run listed (repeats of one visit differ "
+            f"by up to {mib(spread)})"
         )
     print("\n".join(lines))
     if args.save:

@@ -159,6 +159,7 @@ def test_four_runs_written_while_the_dashboard_reads_them_lose_nothing(tmp_path,
     root.mkdir()
     monkeypatch.setenv(ROOT_ENV, str(root))
     reset_peak_rss()
+    rss_at_start = peak_rss_kib()  # what earlier tests in this process left resident
     started = time.monotonic()
 
     trainers = {}
@@ -228,6 +229,7 @@ def test_four_runs_written_while_the_dashboard_reads_them_lose_nothing(tmp_path,
         f"direct store reads {store_reads}; "
         f"flushes written {flushes_written}, distinct flushes seen on Runs {flushes_seen}; "
         f"recorded steps {steps_text}; peak RSS dashboard (test process) "
-        f"{peak_rss_kib() / 1024:.0f} MiB, trainers {trainer_rss} MiB"
+        f"{peak_rss_kib() / 1024:.0f} MiB ({rss_at_start / 1024:.0f} MiB at the start), "
+        f"trainers {trainer_rss} MiB"
     )
     assert not dashboard.failures, dashboard.failures[:20]

@@ -9,7 +9,6 @@ when a flush has landed.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,11 +84,6 @@ def rows(root_path: Path) -> list[catalog.RunRow]:
             commit = None
         out.append(_row(str(root_path), name, commit))
     return out
-
-
-def label(name: str) -> str:
-    """A run name made safe for plotly text (which renders a subset of HTML and %{…})."""
-    return html.escape(name).replace("%", "&#37;")
 
 
 # ----------------------------------------------------------------------------- pickers

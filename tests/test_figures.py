@@ -160,3 +160,22 @@ def test_figures_of_real_runs_carry_the_recorded_numbers(real_runs):
     np.testing.assert_allclose(decode(loss_f["y"]), full["loss"].values, rtol=1e-6)
     for name in ("relative-update", "depth-entropy"):
         assert traces(figures.make_figure(name, real_runs)), name
+
+
+MARKUP = "<b>x</b> %{y} &amp;"
+
+
+@pytest.mark.parametrize("form", ["list", "mapping"])
+def test_run_and_source_names_are_shown_literally(form):
+    """Plotly renders a subset of HTML and %{…} templates: names from runs or callers are text."""
+    full = full_run(name=MARKUP)
+    full = full.assign_coords(source=[MARKUP, *map(str, full["source"].values[1:])])
+    runs = [baseline_run(name=MARKUP), full] if form == "list" else {MARKUP: full}
+    for name in figures.FIGURES:
+        try:
+            fig = figures.make_figure(name, runs)
+        except AnalysisError:
+            continue  # a figure these runs cannot show (pruning without results)
+        text = json.dumps(json.loads(fig.to_json()))
+        assert "<b>x</b>" not in text and "%{y} &amp;" not in text, name
+        assert "&lt;b&gt;x&lt;/b&gt; &#37;{y} &amp;amp;" in text, name

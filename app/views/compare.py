@@ -46,8 +46,8 @@ else:
                     st.warning(catalog.literal(f"{name}: {catalog.describe_error(err)}"))
                     continue
                 if ds.sizes.get("step", 0):
-                    runs[ui.label(name)] = ds
-                    tails[ui.label(name)] = ui.view(ds)
+                    runs[name] = ds
+                    tails[name] = ui.view(ds)
             if len(runs) < 2:
                 st.info("Fewer than two of the chosen runs have recorded steps yet.")
                 return

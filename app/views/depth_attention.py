@@ -32,7 +32,7 @@ if picked is not None:
                 st.info("This run has no recorded steps yet.")
                 return
             step = ui.step_picker(ds)
-            runs = {ui.label(row.name): ui.view(ds, step)}
+            runs = {row.name: ui.view(ds, step)}
             ui.chart(lambda: figures.depth_heatmap(runs, step=step, fraction=1.0), key="heatmap")
             ui.chart(lambda: figures.depth_entropy(runs, step=step, fraction=1.0), key="entropy")
 

@@ -36,15 +36,14 @@ if picked is not None:
         if ds.sizes.get("step", 0) == 0:
             st.info("This run has no recorded steps yet.")
             return
-        name = ui.label(row.name)
         if over_training:
             steps = evenly_spaced_steps(ds["step"].values, OVERLAY_STEPS)
-            runs = {name: ui.view(ds, steps=steps)}
+            runs = {row.name: ui.view(ds, steps=steps)}
             ui.chart(lambda: figures.dilution(runs, steps=steps, log_y=log_y), key="dilution")
             ui.chart(lambda: figures.relative_update(runs, steps=steps), key="relative_update")
             return
         step = ui.step_picker(ds)
-        runs = {name: ui.view(ds, step)}
+        runs = {row.name: ui.view(ds, step)}
         ui.chart(
             lambda: figures.dilution(runs, step=step, fraction=1.0, log_y=log_y), key="dilution"
         )

@@ -23,7 +23,7 @@ if picked is not None:
             st.info("This run has no recorded steps yet.")
             return
         step = ui.step_picker(ds)
-        runs = {ui.label(row.name): ui.view(ds, step)}
+        runs = {row.name: ui.view(ds, step)}
         ui.chart(lambda: figures.grad_depth(runs, step=step, fraction=1.0), key="grad")
 
     ui.live(body, is_live=row.state == "live", path=path)

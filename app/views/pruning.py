@@ -41,7 +41,7 @@ if picked is not None:
     )
     ds = ui.load(path)
     drawn = ui.chart(
-        lambda: figures.pruning({ui.label(row.name): ds}, granularity=granularity), key="pruning"
+        lambda: figures.pruning({row.name: ds}, granularity=granularity), key="pruning"
     )
     if not drawn:
         if row.has_checkpoint:

@@ -45,9 +45,7 @@ def table(rows: list[catalog.RunRow]) -> None:
 def body() -> None:
     rows = ui.rows(root.path)
     table(rows)
-    shown = {
-        ui.label(r.name): r for r in rows if r.openable and r.steps > 0 and r.last_loss is not None
-    }
+    shown = {r.name: r for r in rows if r.openable and r.steps > 0 and r.last_loss is not None}
     if not shown:
         return
     picked = dict(list(shown.items())[:MAX_LOSS_RUNS])

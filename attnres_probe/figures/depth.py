@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import html
-
 import numpy as np
 import plotly.graph_objects as go
 import xarray as xr
@@ -16,6 +14,7 @@ from attnres_probe.figures.style import (
     apply_style,
     as_runs,
     integer_ticks,
+    plot_text,
     run_colours,
     site_labels,
 )
@@ -56,7 +55,7 @@ def depth_heatmap(
         fig.add_trace(
             go.Heatmap(
                 z=w.values.astype(float),
-                x=[html.escape(str(s)) for s in w["source"].values],
+                x=[plot_text(str(s)) for s in w["source"].values],
                 y=site_labels(w),
                 coloraxis="coloraxis",
                 name=name,

@@ -18,21 +18,32 @@ Runs = xr.Dataset | Mapping[str, xr.Dataset] | Sequence[xr.Dataset]
 
 
 def as_runs(runs: Runs) -> dict[str, xr.Dataset]:
-    """``runs`` as an ordered dict name -> Dataset (duplicate names get a ``#2`` suffix)."""
+    """``runs`` as an ordered dict label -> Dataset (duplicate names get a ``#2`` suffix).
+
+    Run names are plain text wherever they come from (a mapping's keys or the runs' own
+    ``run_name``); the labels are those names made safe for plotly text, which renders a subset
+    of HTML and ``%{…}`` templates.
+    """
     if isinstance(runs, xr.Dataset):
         runs = [runs]
     if isinstance(runs, Mapping):
-        out = {str(k): v for k, v in runs.items()}
+        named = [(str(k), v) for k, v in runs.items()]
     else:
-        out = {}
-        for ds in runs:
-            name, n = run_name(ds), 2
-            while name in out:
-                name, n = f"{run_name(ds)} #{n}", n + 1
-            out[name] = ds
+        named = [(run_name(ds), ds) for ds in runs]
+    out: dict[str, xr.Dataset] = {}
+    for name, ds in named:
+        unique, n = name, 2
+        while plot_text(unique) in out:
+            unique, n = f"{name} #{n}", n + 1
+        out[plot_text(unique)] = ds
     if not out:
         raise AnalysisError("no runs given; pass at least one recorded run")
     return out
+
+
+def plot_text(text: str) -> str:
+    """``text`` shown literally by plotly (no HTML tags, entities or ``%{…}`` templates)."""
+    return html.escape(text).replace("%", "&#37;")
 
 
 def run_colours(names: Sequence[str]) -> dict[str, str]:
@@ -53,7 +64,7 @@ def site_labels(da: xr.DataArray) -> list[str]:
     kinds = da["kind"].values if "kind" in da.coords else ["attn", "mlp"] * da.sizes["sublayer"]
     layers = da["layer_of"].values if "layer_of" in da.coords else da["sublayer"].values // 2
     return [
-        "out" if str(k) == "out" else f"L{int(layer)}.{html.escape(str(k))}"
+        "out" if str(k) == "out" else f"L{int(layer)}.{plot_text(str(k))}"
         for k, layer in zip(kinds, layers, strict=False)
     ]
 

@@ -127,3 +127,18 @@ def load_checkpoint(
             f"{weights} cannot be read ({err}); the file is damaged, save the checkpoint again"
         ) from None
     return state, document
+
+
+def checkpoint_facts(run_dir: str | Path) -> dict[str, Any]:
+    """What a run's ``config.json`` records beside the model (held-out loss, timings, …);
+    empty when the run has no checkpoint."""
+    run_dir = Path(run_dir)
+    path = (run_dir.parent if run_dir.suffix == ".zarr" else run_dir) / CONFIG_FILE
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    extra = config.get("extra", config)
+    return extra if isinstance(extra, dict) else {}

@@ -10,7 +10,6 @@ a line saying why. Headline numbers come from :func:`attnres_probe.analysis.summ
 from __future__ import annotations
 
 import html
-import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import xarray as xr
 from attnres_probe import figures, prune_path
 from attnres_probe.analysis.select import AnalysisError
 from attnres_probe.analysis.summary import run_summary
+from attnres_probe.checkpoint import checkpoint_facts
 
 # What each figure shows and what to look for; shown under its heading.
 CAPTIONS = {
@@ -276,21 +276,6 @@ def render_report(
 </body>
 </html>
 """
-
-
-def checkpoint_facts(run_dir: str | Path) -> dict[str, Any]:
-    """What a run's ``config.json`` records beside the model (held-out loss, timings, …);
-    empty when the run has no checkpoint."""
-    run_dir = Path(run_dir)
-    path = (run_dir.parent if run_dir.suffix == ".zarr" else run_dir) / "config.json"
-    if not path.is_file():
-        return {}
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    extra = config.get("extra", config)
-    return extra if isinstance(extra, dict) else {}
 
 
 def layers_removable(ds: xr.Dataset) -> dict[str, int] | None:

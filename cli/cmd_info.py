@@ -96,6 +96,7 @@ def info(
 
     with library_errors():
         from attnres_probe.analysis.summary import run_summary
+        from attnres_probe.checkpoint import checkpoint_facts
         from attnres_probe.store import open_run
         from attnres_probe.store import repair as repair_store
 
@@ -103,7 +104,7 @@ def info(
             report = repair_store(run)
             err_console.print(f"repaired {run}: {report}", highlight=False, soft_wrap=True)
         ds = open_run(run)
-        summary = run_summary(ds, extra=_checkpoint_facts(run))
+        summary = run_summary(ds, extra=checkpoint_facts(run))
     if as_json:
         typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))
         return
@@ -113,17 +114,3 @@ def info(
     for label, value in _rows(summary):
         table.add_row(Text(label), Text(value))  # Text: names like [by …] are not markup
     out_console.print(table)
-
-
-def _checkpoint_facts(run: Path) -> dict[str, Any]:
-    """What the checkpoint's config.json records beside the model (held-out loss, …)."""
-    run_dir = run.parent if run.suffix == ".zarr" else run
-    path = run_dir / "config.json"
-    if not path.is_file():
-        return {}
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    extra = config.get("extra", config)
-    return extra if isinstance(extra, dict) else {}

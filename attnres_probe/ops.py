@@ -1,4 +1,5 @@
-"""The ops the models call: RMSNorm (optionally fused with the residual add) and AttnRes aggregation.
+"""The ops the models call: RMSNorm (optionally fused with the residual add) and AttnRes
+aggregation.
 
 Each op dispatches to a fused Triton kernel on CUDA and to the pure-torch reference elsewhere
 (`ATTNRES_PROBE_KERNELS=triton|reference` forces either). While a :func:`recording` is active,
@@ -108,7 +109,8 @@ def kernel_backend(x: torch.Tensor) -> str:
         return "triton"
     if forced not in ("", "auto"):
         raise ValueError(
-            f"ATTNRES_PROBE_KERNELS={forced!r} is not a backend; use 'triton', 'reference' or 'auto'"
+            f"ATTNRES_PROBE_KERNELS={forced!r} is not a backend; "
+            "use 'triton', 'reference' or 'auto'"
         )
     return "triton" if x.is_cuda and _triton_available() else "reference"
 

@@ -32,9 +32,11 @@ def test_attnres_model_adds_only_pseudo_queries_and_key_norms(residual):
 def _sublayer_io(model):
     """Capture each sublayer's input stream (its norm's input) and its output f_l."""
     inputs, outputs, handles = {}, {}, []
-    for l, (norm, sub) in enumerate(model.sublayers()):
-        handles.append(norm.register_forward_pre_hook(lambda m, a, l=l: inputs.__setitem__(l, a[0])))
-        handles.append(sub.register_forward_hook(lambda m, a, o, l=l: outputs.__setitem__(l, o)))
+    for i, (norm, sub) in enumerate(model.sublayers()):
+        handles.append(
+            norm.register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, a[0]))
+        )
+        handles.append(sub.register_forward_hook(lambda m, a, o, i=i: outputs.__setitem__(i, o)))
     return inputs, outputs, handles
 
 
@@ -44,9 +46,9 @@ def test_full_attnres_with_zero_queries_is_the_mean_of_its_sources():
     inputs, outputs, _ = _sublayer_io(model)
     model(idx)
     sources = [model.embed(idx)]
-    for l in range(model.cfg.n_sublayers):
-        torch.testing.assert_close(inputs[l], torch.stack(sources).mean(0))
-        sources.append(outputs[l])
+    for i in range(model.cfg.n_sublayers):
+        torch.testing.assert_close(inputs[i], torch.stack(sources).mean(0))
+        sources.append(outputs[i])
 
 
 def test_block_attnres_with_one_sublayer_per_block_equals_full_attnres():
@@ -69,9 +71,9 @@ def test_block_attnres_with_one_block_attends_over_embedding_and_partial_sum_onl
     emb = model.embed(idx)
     torch.testing.assert_close(inputs[0], emb)  # nothing but the embedding exists yet
     partial = outputs[0]
-    for l in range(1, model.cfg.n_sublayers):
-        torch.testing.assert_close(inputs[l], (emb + partial) / 2)  # zero queries: uniform
-        partial = partial + outputs[l]
+    for i in range(1, model.cfg.n_sublayers):
+        torch.testing.assert_close(inputs[i], (emb + partial) / 2)  # zero queries: uniform
+        partial = partial + outputs[i]
     weights = model.depth_weights(idx)  # [sites, sources(emb, block1, partial), B, T]
     assert torch.isnan(weights[:-1, 1]).all()  # the block is never complete before the output
     torch.testing.assert_close(weights[1:-1, 0], torch.full_like(weights[1:-1, 0], 0.5))

@@ -22,7 +22,9 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.rms_norm(x, self.weight, self.eps, site=self.site)
 
-    def add_forward(self, x: torch.Tensor, update: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def add_forward(
+        self, x: torch.Tensor, update: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Fused ``h = x + update`` then norm: returns (norm(h), h)."""
         return ops.add_rms_norm(x, update, self.weight, self.eps, site=self.site)
 

@@ -84,34 +84,34 @@ class Transformer(nn.Module):
         out = run(emb, frozenset(skip), depth_weights_out)
         return self.lm_head(out)
 
-    def _update(self, l: int, x: torch.Tensor, skip: frozenset[int]) -> torch.Tensor:
-        norm, sub = self.sublayers()[l]
+    def _update(self, i: int, x: torch.Tensor, skip: frozenset[int]) -> torch.Tensor:
+        norm, sub = self.sublayers()[i]
         f = sub(norm(x))
-        return torch.zeros_like(f) if l in skip else f
+        return torch.zeros_like(f) if i in skip else f
 
     def _forward_baseline(self, h, skip, _weights_out):
         pairs = self.sublayers()
         norms = [norm for norm, _ in pairs] + [self.final_norm]
         h = self.hook_stream[0](h)
         y = norms[0](h)
-        for l, (_, sub) in enumerate(pairs):
+        for i, (_, sub) in enumerate(pairs):
             f = sub(y)
-            if l in skip:
+            if i in skip:
                 f = torch.zeros_like(f)
-            y, h = norms[l + 1].add_forward(h, f)  # fused h += f; y = norm(h)
-            if l % 2 == 1:
-                h = self.hook_stream[l // 2 + 1](h)
+            y, h = norms[i + 1].add_forward(h, f)  # fused h += f; y = norm(h)
+            if i % 2 == 1:
+                h = self.hook_stream[i // 2 + 1](h)
         return y
 
     def _forward_full(self, emb, skip, weights_out):
         sources = [emb]  # v_0 … v_l, each (B, T, C)
-        for l in range(self.cfg.n_sublayers):
-            h, w = ops.attnres(torch.stack(sources), self.depth_queries[l](), site=l)
+        for i in range(self.cfg.n_sublayers):
+            h, w = ops.attnres(torch.stack(sources), self.depth_queries[i](), site=i)
             if weights_out is not None:
                 weights_out.append(w.detach())
-            if l % 2 == 0:
-                h = self.hook_stream[l // 2](h)
-            sources.append(self._update(l, h, skip))
+            if i % 2 == 0:
+                h = self.hook_stream[i // 2](h)
+            sources.append(self._update(i, h, skip))
         out, w = ops.attnres(
             torch.stack(sources), self.depth_queries[-1](), site=self.cfg.n_sublayers
         )
@@ -130,15 +130,15 @@ class Transformer(nn.Module):
             phase1_out, phase1_lse = ops.block_attnres_phase1(stacked, queries)
             partial = None
             for s in range(S):
-                l = n * S + s
+                i = n * S + s
                 h, w = ops.block_attnres_phase2(
-                    stacked, phase1_out[s], phase1_lse[s], partial, queries[s], site=l
+                    stacked, phase1_out[s], phase1_lse[s], partial, queries[s], site=i
                 )
                 if weights_out is not None:
                     weights_out.append(w.detach())
-                if l % 2 == 0:
-                    h = self.hook_stream[l // 2](h)
-                f = self._update(l, h, skip)
+                if i % 2 == 0:
+                    h = self.hook_stream[i // 2](h)
+                f = self._update(i, h, skip)
                 partial = f if partial is None else partial + f
             blocks.append(partial)
         out, w = ops.attnres(torch.stack(blocks), self.depth_queries[-1](), site=cfg.n_sublayers)

@@ -37,7 +37,8 @@ def train(
     ] = None,
     every: Annotated[int, typer.Option(help="Record every N-th step (0: no recording).")] = 1,
     out: Annotated[
-        Path | None, typer.Option(help="Run directory; default runs/<residual>-s<seed>.")
+        Path | None,
+        typer.Option(help="Run directory; default: runs/RESIDUAL-sSEED (e.g. runs/block-s0)."),
     ] = None,
 ) -> None:
     """Train a byte-level model on a corpus, recording its depth dynamics into a run directory."""

@@ -44,8 +44,6 @@ import urllib.request
 from importlib.metadata import version
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARD = REPO / "app" / "dashboard.py"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -83,40 +81,6 @@ print(json.dumps({"peak_kib": int(status["VmHWM"].split()[0]),
 # ----------------------------------------------------------------------------- runs
 
 
-def step_values(cfg, i: int, n_steps: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Plausible values of recorded step ``i``: baseline streams grow with depth, AttnRes ones
-    stay flat; depth weights are a softmax over the sources that exist (NaN elsewhere)."""
-    n_sub, n_layers = cfg.n_sublayers, cfg.n_layers
-    depth = np.arange(1, n_sub + 1, dtype=np.float32)
-    grows = cfg.residual == "baseline"
-    values = {
-        "loss": np.float32(5.5 - 3.0 * i / max(1, n_steps) + 0.05 * rng.random()),
-        "hidden_rms": (np.sqrt(depth) if grows else np.ones(n_sub)) * (1 + 0.05 * rng.random()),
-        "update_rms": 0.5 + 0.1 * rng.random(n_sub),
-        "grad_norm": (1.0 / depth if grows else np.ones(n_sub)) * (1 + 0.1 * rng.random(n_sub)),
-        "param_grad_norm": 0.1 + rng.random(n_layers),
-        "cos_in_out": 0.9 - 0.1 * rng.random(n_layers),
-        "nonfinite": np.float32(0),
-    }
-    if cfg.residual != "baseline":
-        n_src = len(cfg.source_names)
-        # Reader r (a sublayer, then the output) sees sources 0..r (full); block: all.
-        ok = np.ones((n_sub + 1, n_src), dtype=bool)
-        if cfg.residual == "full":
-            ok = np.arange(n_src)[None, :] <= np.arange(n_sub + 1)[:, None]
-        logits = np.where(ok, rng.normal(size=ok.shape), -np.inf)
-        w = np.exp(logits - logits.max(1, keepdims=True))
-        w = np.where(ok, w / w.sum(1, keepdims=True), np.nan)
-        entropy = -np.nansum(w * np.log(np.where(ok, w, 1.0)), axis=1)
-        values |= {
-            "depth_weights": w[:n_sub],
-            "depth_entropy": entropy[:n_sub],
-            "depth_weights_out": w[n_sub],
-            "depth_entropy_out": np.float32(entropy[n_sub]),
-        }
-    return values
-
-
 def build_runs(
     root: Path, n_runs: int, n_layers: int = 16, steps: int = 1000, every: int = 2
 ) -> list[str]:
@@ -126,7 +90,7 @@ def build_runs(
     flush size, as the probe would.
     """
     from attnres_probe.models.config import ModelConfig
-    from attnres_probe.store import SCHEMA_VARIABLES, RunWriter, schema_coords
+    from attnres_probe.store.synthetic import write_run
 
     names = []
     for index in range(n_runs):
@@ -136,24 +100,16 @@ def build_runs(
         cfg = ModelConfig(
             residual=residual, n_layers=n_layers, d_model=64, n_heads=4, n_blocks=n_blocks
         )
-        variables = {
-            k: dims
-            for k, dims in SCHEMA_VARIABLES.items()
-            if residual != "baseline" or not k.startswith("depth_")
-        }
-        attrs = {
-            "model_config": json.dumps(cfg.to_dict()),
-            "residual": residual,
-            "n_layers": n_layers,
-            "run_name": name,
-            "probe_every": every,
-        }
-        rng = np.random.default_rng(index)
-        recorded = range(0, steps, every)
-        coords = schema_coords(n_layers, cfg.source_names)
-        with RunWriter(root / name, variables=variables, coords=coords, attrs=attrs) as writer:
-            for i, step in enumerate(recorded):
-                writer.append(step, step_values(cfg, i, len(recorded), rng))
+        recorded = len(range(0, steps, every))
+        write_run(
+            root / name,
+            cfg,
+            recorded,
+            every,
+            run_name=name,
+            attrs={"probe_every": every},
+            seed=index,
+        )
         names.append(name)
     return names
 

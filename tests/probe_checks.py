@@ -4,7 +4,9 @@ independently with plain torch (retain_grad and hooks on a second copy of the mo
 from __future__ import annotations
 
 import copy
+import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -206,3 +208,12 @@ def assert_recorded(ds: xr.Dataset, step: int, expected: dict[str, np.ndarray]) 
     for name, want in expected.items():
         got = ds[name].sel(step=step).values
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def committed_steps(run: Path) -> int:
+    """The commit marker (``n_steps``) of a run's store; 0 while it has none."""
+    try:
+        attrs = json.loads((Path(run) / "recording.zarr" / "zarr.json").read_text())["attributes"]
+        return int(attrs["n_steps"])
+    except (OSError, ValueError, KeyError):
+        return 0

@@ -31,11 +31,11 @@ from test_app_runs import (
     _live_writers,
     build_root,
     small,
-    step_values,
     trained_run,
 )
 
 from attnres_probe.app.catalog import ROOT_ENV
+from attnres_probe.store.synthetic import step_values
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "app" / "dashboard.py"
 PAGES = ("dilution", "depth_attention", "gradients", "pruning", "compare")

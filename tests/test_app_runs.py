@@ -8,13 +8,12 @@ browser tests import it. ``trained_run`` trains a tiny Full AttnRes model once p
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from attnres_probe.models.config import ModelConfig
+from attnres_probe.store.synthetic import write_run
 
 HTML_NAME = "<img src=x onerror=alert(1)> **b** [l](javascript:alert(1))"
 HTML_ATTR = (
@@ -32,53 +31,6 @@ OPENABLE = sorted([BASELINE, FULL, LIVE, INTERRUPTED, HTML_NAME])
 _live_writers: list = []  # kept open (never closed) so their runs stay live
 
 
-def _available(cfg: ModelConfig) -> np.ndarray:
-    """[n_sublayers + 1, n_sources] True where a reader can attend over a source (full)."""
-    n_sub, n_src = cfg.n_sublayers, len(cfg.source_names)
-    return np.arange(n_src)[None, :] <= np.arange(n_sub + 1)[:, None]
-
-
-def step_values(cfg: ModelConfig, i: int, n_steps: int, rng: np.random.Generator) -> dict:
-    """Plausible values of recorded step ``i``: baseline streams grow with depth, AttnRes ones
-    stay flat; depth weights are a softmax over the available sources."""
-    n_sub, n_layers = cfg.n_sublayers, cfg.n_layers
-    depth = np.arange(1, n_sub + 1, dtype=np.float32)
-    grows = cfg.residual == "baseline"
-    hidden = (np.sqrt(depth) if grows else np.ones(n_sub)) * (1 + 0.05 * rng.random(n_sub))
-    values = {
-        "loss": np.float32(5.5 - 3.0 * i / max(1, n_steps) + 0.05 * rng.random()),
-        "hidden_rms": hidden,
-        "update_rms": 0.5 + 0.1 * rng.random(n_sub),
-        "grad_norm": (1.0 / depth if grows else np.ones(n_sub)) * (1 + 0.1 * rng.random(n_sub)),
-        "param_grad_norm": 0.1 + rng.random(n_layers),
-        "cos_in_out": 0.9 - 0.1 * rng.random(n_layers),
-        "nonfinite": np.float32(0),
-    }
-    if cfg.residual != "baseline":
-        ok = _available(cfg)
-        logits = np.where(ok, rng.normal(size=ok.shape), -np.inf)
-        w = np.exp(logits - logits.max(1, keepdims=True))
-        w = np.where(ok, w / w.sum(1, keepdims=True), np.nan)
-        entropy = -np.nansum(np.where(ok, w * np.log(np.where(ok, w, 1.0)), 0.0), axis=1)
-        values |= {
-            "depth_weights": w[:n_sub],
-            "depth_entropy": entropy[:n_sub],
-            "depth_weights_out": w[n_sub],
-            "depth_entropy_out": np.float32(entropy[n_sub]),
-        }
-    return values
-
-
-def variables_of(cfg: ModelConfig) -> dict[str, tuple[str, ...]]:
-    from attnres_probe.store import SCHEMA_VARIABLES
-
-    return {
-        name: dims
-        for name, dims in SCHEMA_VARIABLES.items()
-        if cfg.residual != "baseline" or not name.startswith("depth_")
-    }
-
-
 def record(
     run_dir: Path,
     cfg: ModelConfig,
@@ -92,31 +44,11 @@ def record(
 ):
     """Write a run of ``n_steps`` recorded steps; ``status=None`` leaves the writer open (live).
     Returns the writer."""
-    from attnres_probe.store import RunWriter, schema_coords
-
-    rng = np.random.default_rng(seed)
-    attrs = {
-        "model_config": json.dumps(cfg.to_dict()),
-        "residual": cfg.residual,
-        "n_layers": cfg.n_layers,
-    }
-    if run_name is not None:
-        attrs["run_name"] = run_name
-    attrs |= extra_attrs or {}
-    writer = RunWriter(
-        run_dir,
-        variables=variables_of(cfg),
-        coords=schema_coords(cfg.n_layers, cfg.source_names),
-        attrs=attrs,
-        flush_every=flush_every,
+    writer = write_run(
+        run_dir, cfg, n_steps, every, status, run_name, extra_attrs, flush_every, seed
     )
-    for i in range(n_steps):
-        writer.append(i * every, step_values(cfg, i, n_steps, rng))
     if status is None:
-        writer.flush()
         _live_writers.append(writer)
-    else:
-        writer.close(status=status)
     return writer
 
 

@@ -31,9 +31,10 @@ from test_app_runs import (
     _live_writers,
     build_root,
     small,
-    step_values,
     trained_run,
 )
+
+from attnres_probe.store.synthetic import step_values
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -17,7 +16,15 @@ import numpy as np
 import pytest
 import torch
 from fsspec.implementations.memory import MemoryFileSystem
-from probe_checks import batch, hook_count, lm_loss, read_run, tiny_model, train_steps
+from probe_checks import (
+    batch,
+    committed_steps,
+    hook_count,
+    lm_loss,
+    read_run,
+    tiny_model,
+    train_steps,
+)
 from torch import nn
 
 from attnres_probe import ops
@@ -229,14 +236,6 @@ KILL_SCRIPT = textwrap.dedent(
 )
 
 
-def _committed(run: Path) -> int:
-    try:
-        attrs = json.loads((run / "recording.zarr" / "zarr.json").read_text())["attributes"]
-        return int(attrs["n_steps"])
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
 def test_a_recording_killed_with_sigkill_opens_with_every_committed_flush(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen(
@@ -245,7 +244,7 @@ def test_a_recording_killed_with_sigkill_opens_with_every_committed_flush(tmp_pa
     )
     try:
         deadline = time.monotonic() + 60
-        while _committed(run) < 6:
+        while committed_steps(run) < 6:
             assert proc.poll() is None, proc.stderr.read().decode()
             assert time.monotonic() < deadline, "the recording never committed 6 steps"
             time.sleep(0.05)

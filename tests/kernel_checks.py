@@ -58,3 +58,34 @@ def outputs_and_grads(
     grads = torch.autograd.grad(outs, present, list(upstream), allow_unused=True)
     by_input = iter(grads)
     return outs, [None if x is None else next(by_input) for x in xs], list(upstream)
+
+
+def reference_outputs_and_grads(
+    fn: Callable[..., Sequence[torch.Tensor]],
+    inputs: Sequence[torch.Tensor | None],
+    upstream: Sequence[torch.Tensor],
+    dtype: torch.dtype,
+) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """What a kernel's results are checked against: the reference ``fn`` on the same inputs
+    and upstream gradients.
+
+    For float32 inputs the reference runs as given. Below float32 a low-precision reference
+    carries rounding of its own (autograd, for one, sums a bfloat16 leaf's gradient
+    contributions in bfloat16, losing whatever cancels), which can exceed the tolerance while
+    the kernel, accumulating in float32, is right. So there the reference runs in float64 on
+    the same (already rounded) values, and each result is rounded to the dtype the
+    low-precision reference gives it: the kernel is held to the exact answer.
+    """
+    outs, grads, _ = outputs_and_grads(fn, inputs, upstream)
+    if dtype == torch.float32:
+        return outs, grads
+    wide = [None if x is None else x.double() for x in inputs]
+    outs64, grads64, _ = outputs_and_grads(fn, wide, [u.double() for u in upstream])
+
+    def like(exact: torch.Tensor | None, low: torch.Tensor | None) -> torch.Tensor | None:
+        return None if exact is None else exact.to(low.dtype)
+
+    return (
+        [like(e, o) for e, o in zip(outs64, outs, strict=True)],
+        [like(e, g) for e, g in zip(grads64, grads, strict=True)],
+    )

@@ -2,7 +2,14 @@
 
 import pytest
 import torch
-from kernel_checks import DTYPES, TOLERANCE, assert_close, fresh_seed, outputs_and_grads
+from kernel_checks import (
+    DTYPES,
+    TOLERANCE,
+    assert_close,
+    fresh_seed,
+    outputs_and_grads,
+    reference_outputs_and_grads,
+)
 
 from attnres_probe.kernels import dispatch_triton, launch, reference
 from attnres_probe.kernels.reference import DepthStats
@@ -39,8 +46,8 @@ def test_attnres_matches_reference_forward_and_gradients(shape, dtype):
         (out, weights), (d_src, d_q), upstream = outputs_and_grads(
             lambda s, q: dispatch_triton.attnres(s, q, 1e-6, stats), (sources, query)
         )
-    (out_ref, w_ref), (d_src_ref, d_q_ref), _ = outputs_and_grads(
-        lambda s, q: reference.attnres(s, q, 1e-6), (sources, query), upstream
+    (out_ref, w_ref), (d_src_ref, d_q_ref) = reference_outputs_and_grads(
+        lambda s, q: reference.attnres(s, q, 1e-6), (sources, query), upstream, dtype
     )
     assert_close(out, out_ref, tol, "out")
     assert_close(weights, w_ref, TOLERANCE[torch.float32], "weights (float32 from any input)")

@@ -2,7 +2,14 @@
 
 import pytest
 import torch
-from kernel_checks import DTYPES, TOLERANCE, assert_close, fresh_seed, outputs_and_grads
+from kernel_checks import (
+    DTYPES,
+    TOLERANCE,
+    assert_close,
+    fresh_seed,
+    outputs_and_grads,
+    reference_outputs_and_grads,
+)
 
 from attnres_probe.kernels import dispatch_triton, launch, reference
 from attnres_probe.kernels.reference import NormStats
@@ -32,8 +39,8 @@ def test_rms_norm_matches_reference_forward_and_gradients(shape, dtype):
         (y,), (dx, dw), upstream = outputs_and_grads(
             lambda x, w: (dispatch_triton.rms_norm(x, w, 1e-6, stats),), (x, weight)
         )
-    (y_ref,), (dx_ref, dw_ref), _ = outputs_and_grads(
-        lambda x, w: (reference.rms_norm(x, w, 1e-6),), (x, weight), upstream
+    (y_ref,), (dx_ref, dw_ref) = reference_outputs_and_grads(
+        lambda x, w: (reference.rms_norm(x, w, 1e-6),), (x, weight), upstream, dtype
     )
     assert_close(y, y_ref, tol, "y")
     assert_close(dx, dx_ref, tol, "dx")
@@ -55,8 +62,8 @@ def test_add_rms_norm_matches_reference_forward_and_gradients(shape, dtype):
         (y, h), grads, upstream = outputs_and_grads(
             lambda x, u, w: dispatch_triton.add_rms_norm(x, u, w, 1e-6, stats), (x, update, weight)
         )
-    (y_ref, h_ref), grads_ref, _ = outputs_and_grads(
-        lambda x, u, w: reference.add_rms_norm(x, u, w, 1e-6), (x, update, weight), upstream
+    (y_ref, h_ref), grads_ref = reference_outputs_and_grads(
+        lambda x, u, w: reference.add_rms_norm(x, u, w, 1e-6), (x, update, weight), upstream, dtype
     )
     assert_close(y, y_ref, tol, "y")
     assert_close(h, h_ref, tol, "h")

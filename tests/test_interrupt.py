@@ -3,7 +3,6 @@ SIGKILL loses at most one flush interval."""
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from probe_checks import batch, read_run, tiny_model, train_steps
+from probe_checks import batch, committed_steps, read_run, tiny_model, train_steps
 
 from attnres_probe.hooks import interrupts, probe
 from attnres_probe.hooks.layout import RowLayout
@@ -36,15 +35,6 @@ def default_handlers():
         signal.signal(signum, handler)
 
 
-def _committed(run: Path) -> int:
-    """The commit marker n_steps of a run (0 while it has none)."""
-    try:
-        attrs = json.loads((run / "recording.zarr" / "zarr.json").read_text())["attributes"]
-        return int(attrs["n_steps"])
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
 # ----------------------------------------------------------------------------- in process
 
 
@@ -53,7 +43,7 @@ def test_ctrl_c_inside_the_with_flushes_every_buffered_step(tmp_path, default_ha
     with pytest.raises(KeyboardInterrupt):
         with probe(model, tmp_path / "run", flush_every=64) as p:
             train_steps(model, p, [batch(i) for i in range(5)])
-            assert _committed(tmp_path / "run") == 0  # the 5 steps are only in the buffer
+            assert committed_steps(tmp_path / "run") == 0  # the 5 steps are only in the buffer
             raise KeyboardInterrupt
     ds = read_run(tmp_path / "run")
     assert ds["step"].values.tolist() == [0, 1, 2, 3, 4]
@@ -192,13 +182,24 @@ USER_LOOP = textwrap.dedent(
 )
 
 
+def _default_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class Child:
     """A training subprocess that prints ``done K`` after finishing step K."""
 
     def __init__(self, args: list[str]):
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+            [sys.executable, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            # As started from a terminal: a test runner launched in the background of a
+            # non-interactive shell ignores SIGINT, and children would inherit that.
+            preexec_fn=_default_signals,
         )
         self.out = b""
 
@@ -242,7 +243,7 @@ def test_an_interrupted_user_loop_keeps_every_step_it_reported_done(signum, ever
     run = tmp_path / "run"
     child = Child(["-c", USER_LOOP, str(run), "1000", str(every), str(TESTS)])
     child.wait_for(lambda: child.last_done() >= 8)
-    assert _committed(run) == 0  # every recorded step so far is in the probe's buffer
+    assert committed_steps(run) == 0  # every recorded step so far is in the probe's buffer
     status, err = child.finish(signum)
     if signum == signal.SIGTERM:
         assert status == 128 + signal.SIGTERM, err  # an orderly exit, no traceback
@@ -317,8 +318,8 @@ def test_the_train_command_under_sigterm_exits_143_with_the_run_flushed(tmp_path
     args += ["--d-model", "16", "--n-heads", "2", "--steps", "100000", "--batch-size", "2"]
     args += ["--seq-len", "16", "--data", str(corpus), "--out", str(run)]
     child = Child(args)
-    child.wait_for(lambda: _committed(run) >= 64)  # the first flush of 64 steps is stored
-    seen = _committed(run)
+    child.wait_for(lambda: committed_steps(run) >= 64)  # the first flush of 64 steps is stored
+    seen = committed_steps(run)
     status, err = child.finish(signal.SIGTERM)
     assert status == 128 + signal.SIGTERM, err
     assert "Traceback" not in err

@@ -16,7 +16,7 @@ import math
 import sys
 import warnings
 from collections.abc import Callable, Collection, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -360,7 +360,11 @@ class RunWriter:
             arr[self._chunk_start : self._chunk_start + self.chunk_steps] = self._buffers[name]
 
     def _each(self, fn: Callable) -> None:
+        """``fn(name, array)`` for every array in parallel; raises the first failure only once
+        every call has ended, so no write of a failed flush is still running when the next
+        flush rewrites the same chunks."""
         futures = [self._pool.submit(fn, name, a) for name, a in self._arrays.items()]
+        wait(futures)
         for future in futures:
             future.result()
 

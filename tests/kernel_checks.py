@@ -64,21 +64,17 @@ def reference_outputs_and_grads(
     fn: Callable[..., Sequence[torch.Tensor]],
     inputs: Sequence[torch.Tensor | None],
     upstream: Sequence[torch.Tensor],
-    dtype: torch.dtype,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-    """What a kernel's results are checked against: the reference ``fn`` on the same inputs
-    and upstream gradients.
+    """What a kernel's results are checked against: the reference ``fn`` evaluated in float64
+    on the same (already rounded) inputs and upstream gradients, each result then rounded to
+    the dtype the reference gives it at the inputs' own precision.
 
-    For float32 inputs the reference runs as given. Below float32 a low-precision reference
-    carries rounding of its own (autograd, for one, sums a bfloat16 leaf's gradient
-    contributions in bfloat16, losing whatever cancels), which can exceed the tolerance while
-    the kernel, accumulating in float32, is right. So there the reference runs in float64 on
-    the same (already rounded) values, and each result is rounded to the dtype the
-    low-precision reference gives it: the kernel is held to the exact answer.
+    Run at the inputs' precision, the reference carries rounding of its own that can exceed
+    the tolerance while the kernel is right: a gradient that is a near-total cancellation
+    (a depth query's, a single source's) in float32; in bfloat16, autograd summing a leaf's
+    gradient contributions in bfloat16. Held to the float64 answer, the kernel must be right.
     """
-    outs, grads, _ = outputs_and_grads(fn, inputs, upstream)
-    if dtype == torch.float32:
-        return outs, grads
+    outs, grads, _ = outputs_and_grads(fn, inputs, upstream)  # the dtypes to round to
     wide = [None if x is None else x.double() for x in inputs]
     outs64, grads64, _ = outputs_and_grads(fn, wide, [u.double() for u in upstream])
 

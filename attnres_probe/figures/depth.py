@@ -71,7 +71,7 @@ def depth_heatmap(
     skipped = [n for n in all_names if n not in runs]
     title = "Depth attention: mean softmax weight of each source"
     if skipped:
-        title += f" (no depth weights: {', '.join(skipped)})"
+        title += f"<br><sup>no depth weights: {', '.join(skipped)}</sup>"
     fig.update_layout(
         title={"text": title, "x": 0.01},
         template="plotly_white",

@@ -84,5 +84,6 @@ def apply_style(fig: go.Figure, title: str, x_title: str, y_title: str, log_y: b
 
 
 def integer_ticks(fig: go.Figure, n: int) -> None:
-    """Depth axes count sublayers: whole-number ticks, at most about 16 of them."""
-    fig.update_xaxes(tick0=0, dtick=max(1, -(-n // 16)))
+    """Depth axes count ``n`` positions 0 … n−1: whole-number ticks, at most about 10 of them
+    (legible at half width, as figures are side by side), and no tick before the first."""
+    fig.update_xaxes(tick0=0, dtick=max(1, -(-n // 10)), range=[-0.5, n - 0.5])

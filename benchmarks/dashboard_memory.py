@@ -33,14 +33,11 @@ import math
 import os
 import platform
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from importlib.metadata import version
 from pathlib import Path
 
@@ -124,32 +121,6 @@ def proc_status(pid: int) -> dict[str, int]:
     return {key: int(fields[key].split()[0]) for key in ("VmHWM", "VmRSS")}
 
 
-def children(pid: int) -> list[int]:
-    with contextlib.suppress(OSError):
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    return []
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"dashboard exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as reply:
-                if reply.read() == b"ok":
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"dashboard not healthy after {timeout_s} s")
-
-
 def visits(run: str | None, other: str | None) -> list[tuple[str, str, int]]:
     """(url path, query string, figures drawn) of each page the visit opens: with no runs,
     every page shows a note and no figure."""
@@ -181,26 +152,19 @@ def measure_server(root: Path, run: str | None, other: str | None) -> dict:
     Chromium opens the pages of :func:`visits`."""
     from playwright.sync_api import sync_playwright
 
-    port = free_port()
-    exe = Path(sys.executable).parent / "attnres-probe"
-    proc = subprocess.Popen(
-        [str(exe), "dashboard", str(root), "--port", str(port), "--no-open"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
+    from attnres_probe.app.server import DashboardServer
+
+    with DashboardServer(root) as dashboard:
         t0 = time.perf_counter()
-        wait_healthy(url, proc)
-        (server,) = children(proc.pid)  # the command runs Streamlit as its one child
+        dashboard.wait_ready(timeout_s=120.0)
+        server = dashboard.server_pid()
         figures, problems = 0, []
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1900})
                 for path, query, expected in visits(run, other):
-                    page.goto(f"{url}/{path}{query}")
+                    page.goto(f"{dashboard.url}/{path}{query}")
                     settle(page, expected)
                     figures += page.locator("[data-testid='stPlotlyChart']").count()
                     problems += page.locator("[data-testid='stException']").all_inner_texts()
@@ -208,13 +172,6 @@ def measure_server(root: Path, run: str | None, other: str | None) -> dict:
                 browser.close()
         seconds = time.perf_counter() - t0
         status = proc_status(server)
-    finally:
-        proc.terminate()  # the command stops its Streamlit server itself
-        try:
-            proc.wait(timeout=15)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
     return {"peak_kib": status["VmHWM"], "rss_kib": status["VmRSS"], "seconds": seconds,
             "figures": figures, "problems": problems}  # fmt: skip
 

@@ -11,15 +11,7 @@ the server. Needs Chromium (``apt-get install -y chromium``) and the ``playwrigh
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,25 +21,6 @@ DRAWN = """() => {
     return charts.length > 0 && charts.every(el => el.querySelector('.main-svg'))
         && !document.querySelector('[data-testid="stStatusWidget"]');
 }"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"the dashboard exited with status {proc.returncode}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as reply:
-                if reply.read() == b"ok":
-                    return
-        time.sleep(0.2)
-    sys.exit(f"the dashboard did not answer at {url} within {timeout_s:.0f} s")
 
 
 def main() -> None:
@@ -61,24 +34,17 @@ def main() -> None:
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "attnres_probe.cli", "dashboard", str(args.root)]
-    proc = subprocess.Popen(
-        [*command, "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        wait_healthy(url, proc)
+    from attnres_probe.app.server import DashboardServer
+
+    with DashboardServer(args.root) as dashboard:
+        dashboard.wait_ready()
         with sync_playwright() as p:
             browser = p.chromium.launch(
                 executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
             )
             try:
                 page = browser.new_page(viewport={"width": args.width, "height": args.height})
-                page.goto(f"{url}/{args.page}?{args.query}")
+                page.goto(f"{dashboard.url}/{args.page}?{args.query}")
                 page.wait_for_selector("h1", timeout=60_000)
                 page.wait_for_timeout(500)
                 page.wait_for_function(DRAWN, timeout=120_000)
@@ -87,13 +53,6 @@ def main() -> None:
                 page.screenshot(path=str(args.out), full_page=True)
             finally:
                 browser.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
     print(args.out)
 
 

@@ -7,16 +7,8 @@ test-artifacts/. Skipped, saying why, only when Chromium or Playwright is absent
 
 from __future__ import annotations
 
-import contextlib
 import html
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
@@ -34,6 +26,7 @@ from test_app_runs import (
     trained_run,
 )
 
+from attnres_probe.app.server import DashboardServer
 from attnres_probe.store.synthetic import step_values
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,54 +78,19 @@ def append_steps(run_dir: Path, first: int, count: int) -> None:
     writer.flush()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"dashboard exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as reply:
-                if reply.read() == b"ok":
-                    return
-        except OSError:
-            time.sleep(0.1)
-    pytest.fail(f"dashboard not healthy after {timeout_s} s:\n{log.read_text()}")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`attnres-probe dashboard ROOT --port P` running over a root with every kind of run."""
     root = build_root(tmp_path_factory.mktemp("browser"))
-    port = free_port()
     log = tmp_path_factory.mktemp("logs") / "dashboard.log"
-    exe = Path(sys.executable).parent / "attnres-probe"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [str(exe), "dashboard", str(root), "--port", str(port), "--no-open"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
+    with DashboardServer(root, log=log) as dashboard:
         # Trained while the server starts; the run table is read afresh on every page.
         shutil.copytree(trained_run(tmp_path_factory.getbasetemp()), root / TRAINED)
-        wait_healthy(url, proc, log)
-        yield url, log, root
-    finally:
-        proc.terminate()  # the command stops its Streamlit server itself
         try:
-            proc.wait(timeout=15)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            dashboard.wait_ready(timeout_s=30.0)
+        except RuntimeError as err:
+            pytest.fail(str(err))
+        yield dashboard.url, log, root
 
 
 def query_string(query: dict) -> str:

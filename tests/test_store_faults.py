@@ -487,6 +487,31 @@ def test_a_damaged_array_metadata_file_leaves_that_array_out_and_says_so(
         assert any(p.startswith(f"{name}: its zarr.json is") for p in report.problems)
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [None, b'{"zarr_format": 3, "node_ty', {"dimension_names": None}, GROUP_META],
+    ids=["missing", "half-written", "no-dims", "group"],
+)
+def test_array_metadata_still_being_written_before_the_first_commit_is_no_loss(tmp_path, damage):
+    """A reader can look while the writer creates its arrays (zarr.json not there yet, or
+    half written): nothing is committed, so nothing is lost and nothing is reported."""
+    run = tmp_path / "run"
+    writer = RunWriter(run, VARIABLES, COORDS, {"residual": "full"}, 4)  # open: running
+    meta = run / "recording.zarr" / "hidden_rms" / "zarr.json"
+    if damage is None:
+        meta.unlink()
+    elif isinstance(damage, bytes):
+        meta.write_bytes(damage)
+    else:
+        meta.write_text(json.dumps({**json.loads(meta.read_text()), **damage}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RunStoreWarning)
+        ds = open_run(run)
+    assert ds.attrs["status"] == "running" and ds.attrs["n_steps"] == 0
+    assert "dropped" not in ds.attrs
+    writer.close()
+
+
 # ----------------------------------------------------------------------------- failing disk
 
 

@@ -301,12 +301,12 @@ def _dataset(data_vars: dict, coords: dict, attrs: dict, notes: list[str]) -> xr
     return ds
 
 
-def metadata_problem(loc: Location, name: str, err: Exception) -> str | None:
-    """Why zarr could not open array ``name`` (its zarr.json missing, not JSON, or not Zarr
-    array metadata); None when it has no zarr.json at all."""
+def metadata_problem(loc: Location, name: str, err: Exception) -> str:
+    """Why zarr could not open array ``name``: its zarr.json missing, not JSON, or not Zarr
+    array metadata."""
     raw = loc.read(f"{name}/zarr.json")
     if raw is None:
-        return None
+        return "its zarr.json is missing"
     try:
         json.loads(raw)
     except ValueError:
@@ -328,19 +328,19 @@ def _read(loc: Location, lazy) -> xr.Dataset:
         try:
             arr = group[name]
         except Exception as err:  # noqa: BLE001
-            problem = metadata_problem(loc, name, err)
-            if problem is None and creating:
-                continue  # not written yet
-            notes.append(f"{name}: left out, {problem or 'its zarr.json is missing'}")
+            if creating:
+                continue  # being written right now (it may exist by the next look): no loss
+            notes.append(f"{name}: left out, {metadata_problem(loc, name, err)}")
             continue
         if not isinstance(arr, zarr.Array):
-            notes.append(f"{name}: left out, its zarr.json describes a group, not an array")
+            if not creating:
+                notes.append(f"{name}: left out, its zarr.json describes a group, not an array")
             continue
         dims = dims_of(arr)
-        if dims is None:
-            notes.append(f"{name}: left out, it has no usable dimension names")
-        else:
+        if dims is not None:
             arrays[name] = (arr, dims)
+        elif not creating:
+            notes.append(f"{name}: left out, it has no usable dimension names")
 
     steps = None
     if STEP in arrays:

@@ -69,7 +69,7 @@ def repair(
         try:
             arr = group[name]
         except Exception as err:  # noqa: BLE001
-            problem = metadata_problem(loc, name, err) or "its zarr.json is missing"
+            problem = metadata_problem(loc, name, err)
             problems.append(f"{name}: {problem}")
             continue
         dims = dims_of(arr) if isinstance(arr, zarr.Array) else None

@@ -47,13 +47,8 @@ def cannot_bind(host: str, port: int) -> str | None:
 
 def free_port(host: str, start: int = 8501, tries: int = 100) -> int:
     """The first port from ``start`` that ``host`` can bind now."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for port in range(start, start + tries):
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
+        if cannot_bind(host, port) is None:
             return port
     raise OSError(f"no free port in {start}..{start + tries - 1} on {host}; pass --port")
 

@@ -364,9 +364,7 @@ class Probe:
             self._drain_rows(block, during_exception)
 
     def _drain_rows(self, block: bool, during_exception: bool) -> None:
-        pending = self._pending
-        if pending is None:
-            return
+        pending = self._pending  # not None: _drain checked
         if pending.event is not None:
             if not block and not pending.event.query():
                 return

@@ -8,7 +8,6 @@ that is not allowed the tests are skipped and say why.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from probe_checks import batch, hook_count, read_run, tiny_model, train_steps
+from probe_checks import batch, committed_steps, hook_count, read_run, tiny_model, train_steps
 
 from attnres_probe.hooks import ProbeStoreError, ProbeWarning, probe
 from attnres_probe.store import open_run
@@ -69,11 +68,6 @@ def fill(disk: Path) -> Path:
     return filler
 
 
-def _committed(run: Path) -> int:
-    attrs = json.loads((run / "recording.zarr" / "zarr.json").read_text())["attributes"]
-    return int(attrs["n_steps"])
-
-
 def test_a_full_disk_warns_once_keeps_the_last_good_flush_and_training_goes_on(small_disk):
     run = small_disk / "run"
     model = tiny_model("baseline")
@@ -81,7 +75,7 @@ def test_a_full_disk_warns_once_keeps_the_last_good_flush_and_training_goes_on(s
         warnings.simplefilter("always")
         with probe(model, run, flush_every=4) as p:
             losses = train_steps(model, p, [batch(i) for i in range(8)])
-            assert _committed(run) == 8
+            assert committed_steps(run) == 8
             fill(small_disk)
             losses += train_steps(model, p, [batch(i) for i in range(8, 24)])
             live = open_run(run)  # read while the disk is full and training goes on
@@ -122,7 +116,7 @@ def test_after_space_is_freed_the_kept_steps_are_written(small_disk):
             train_steps(model, p, [batch(i) for i in range(4)])
             filler = fill(small_disk)
             train_steps(model, p, [batch(i) for i in range(4, 14)])
-            assert _committed(run) == 4
+            assert committed_steps(run) == 4
             filler.unlink()
             train_steps(model, p, [batch(i) for i in range(14, 20)])
     assert sum(issubclass(w.category, ProbeWarning) for w in caught) == 1

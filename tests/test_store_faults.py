@@ -26,6 +26,7 @@ import xarray as xr
 from fsspec.implementations.memory import MemoryFileSystem
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from probe_checks import committed_steps
 from typer.testing import CliRunner
 
 from attnres_probe.cli import app
@@ -106,25 +107,16 @@ KILL_SCRIPT = textwrap.dedent(
 )
 
 
-def _committed(run: Path) -> int:
-    try:
-        return json.loads((run / "recording.zarr" / "zarr.json").read_text())["attributes"][
-            "n_steps"
-        ]
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
 @pytest.mark.parametrize("delay", [0.0, 0.013, 0.029])
 def test_killed_writer_leaves_every_committed_flush_readable(tmp_path, delay):
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(run)], stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 20
-        while _committed(run) < 30 and time.monotonic() < deadline:
+        while committed_steps(run) < 30 and time.monotonic() < deadline:
             assert proc.poll() is None, proc.stderr.read()
             time.sleep(0.01)
-        seen = _committed(run)
+        seen = committed_steps(run)
         time.sleep(delay)  # land the kill at different points of a flush
     finally:
         proc.send_signal(signal.SIGKILL)

@@ -32,10 +32,10 @@ def as_runs(runs: Runs) -> dict[str, xr.Dataset]:
         named = [(run_name(ds), ds) for ds in runs]
     out: dict[str, xr.Dataset] = {}
     for name, ds in named:
-        unique, n = name, 2
-        while plot_text(unique) in out:
-            unique, n = f"{name} #{n}", n + 1
-        out[plot_text(unique)] = ds
+        label, n = plot_text(name), 2
+        while label in out:
+            label, n = plot_text(f"{name} #{n}"), n + 1
+        out[label] = ds
     if not out:
         raise AnalysisError("no runs given; pass at least one recorded run")
     return out

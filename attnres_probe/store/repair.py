@@ -69,8 +69,7 @@ def repair(
         try:
             arr = group[name]
         except Exception as err:  # noqa: BLE001
-            problem = metadata_problem(loc, name, err)
-            problems.append(f"{name}: {problem}")
+            problems.append(f"{name}: {metadata_problem(loc, name, err)}")
             continue
         dims = dims_of(arr) if isinstance(arr, zarr.Array) else None
         if dims and dims[:1] == (STEP,):

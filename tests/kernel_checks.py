@@ -32,10 +32,19 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((a - e).norm() / e.norm().clamp_min(1e-30)).item()
 
 
+# How many times the reference's own rounding a kernel may be off where that exceeds ``tol``.
+ROUNDING_FACTOR = 4.0
+
+
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str) -> None:
+    """rel_err(actual, expected) < tol; for an ``expected`` from ``reference_outputs_and_grads``
+    the bar is max(tol, ROUNDING_FACTOR × the reference's own error at the inputs' precision):
+    a result that is a near-total cancellation is rounding-sized itself, and there no
+    implementation at that precision meets a fixed relative bound."""
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
     err = rel_err(actual, expected)
-    assert err < tol, f"{what}: relative error {err:.3g} >= {tol:g}"
+    bar = max(tol, ROUNDING_FACTOR * getattr(expected, "own_rounding", 0.0))
+    assert err < bar, f"{what}: relative error {err:.3g} >= {bar:g}"
 
 
 def leaves(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
@@ -72,14 +81,21 @@ def reference_outputs_and_grads(
     Run at the inputs' precision, the reference carries rounding of its own that can exceed
     the tolerance while the kernel is right: a gradient that is a near-total cancellation
     (a depth query's, a single source's) in float32; in bfloat16, autograd summing a leaf's
-    gradient contributions in bfloat16. Held to the float64 answer, the kernel must be right.
+    gradient contributions in bfloat16. Held to the float64 answer, the kernel must be right,
+    within a few times the reference's own rounding where that exceeds the tolerance
+    (:func:`assert_close`).
     """
     outs, grads, _ = outputs_and_grads(fn, inputs, upstream)  # the dtypes to round to
     wide = [None if x is None else x.double() for x in inputs]
     outs64, grads64, _ = outputs_and_grads(fn, wide, [u.double() for u in upstream])
 
     def like(exact: torch.Tensor | None, low: torch.Tensor | None) -> torch.Tensor | None:
-        return None if exact is None else exact.to(low.dtype)
+        if exact is None:
+            return None
+        rounded = exact.to(low.dtype)
+        # The relative error the reference makes at the inputs' precision (see assert_close).
+        rounded.own_rounding = rel_err(low, rounded)
+        return rounded
 
     return (
         [like(e, o) for e, o in zip(outs64, outs, strict=True)],

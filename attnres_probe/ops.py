@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -25,8 +27,11 @@ from attnres_probe.kernels import reference
 
 __all__ = [
     "StatsSlots",
+    "Observer",
     "recording",
     "current_recording",
+    "observe_update",
+    "observe_stream",
     "rms_norm",
     "add_rms_norm",
     "attnres",
@@ -36,49 +41,126 @@ __all__ = [
 ]
 
 
+class Observer(Protocol):
+    """Receives the model tensors a recording wants besides the ops' own statistics."""
+
+    def update(self, index: int, f: torch.Tensor) -> None:
+        """Sublayer ``index`` computed its update ``f``."""
+
+    def stream(self, index: int, h: torch.Tensor) -> None:
+        """``h`` is the stream entering layer ``index`` (``n_layers``: the final stream)."""
+
+
 @dataclass
 class StatsSlots:
     """Device-side accumulators the ops add into while a recording is active.
 
     Every slot is float32 and summed over tokens (or over elements, for the ``*_sq`` slots);
     the counts that turn sums into means are plain Python ints known from shapes, so reading
-    them never syncs the device.
+    them never syncs the device. The slots are fixed views into one buffer, ``sums``, so the
+    per-site views an op adds into are made once (:meth:`norm_stats`, :meth:`depth_stats`).
+    ``norm_grads=False`` leaves ``norm_grad_sq`` alone: the norms then add no gradient
+    statistic (and no backward work for it). ``observer`` receives what the model hands to
+    :func:`observe_update` and :func:`observe_stream`.
     """
 
     n_sites: int
     n_sources: int
     device: torch.device | str = "cpu"
+    norm_grads: bool = True
+    observer: Observer | None = None
+    sums: torch.Tensor = field(init=False)  # every slot below, one after another
     norm_sq: torch.Tensor = field(init=False)  # [n_sites] Σx² of the stream a norm receives
     norm_grad_sq: torch.Tensor = field(init=False)  # [n_sites] Σ(∂L/∂x)² of that stream
     depth_weight_sum: torch.Tensor = field(init=False)  # [n_sites, n_sources] Σ_tokens α
     source_rms_sum: torch.Tensor = field(init=False)  # [n_sites, n_sources] Σ_tokens rms(v_i)
     depth_entropy_sum: torch.Tensor = field(init=False)  # [n_sites] Σ_tokens H(α)
     norm_numel: list[int] = field(init=False)  # elements behind norm_sq per site
-    grad_numel: list[int] = field(init=False)  # elements behind norm_grad_sq per site
     depth_tokens: list[int] = field(init=False)  # tokens behind the depth slots per site
 
+    SLOTS = ("norm_sq", "norm_grad_sq", "depth_weight_sum", "source_rms_sum", "depth_entropy_sum")
+
     def __post_init__(self) -> None:
-        f32 = dict(dtype=torch.float32, device=self.device)
-        self.norm_sq = torch.zeros(self.n_sites, **f32)
-        self.norm_grad_sq = torch.zeros(self.n_sites, **f32)
-        self.depth_weight_sum = torch.zeros(self.n_sites, self.n_sources, **f32)
-        self.source_rms_sum = torch.zeros(self.n_sites, self.n_sources, **f32)
-        self.depth_entropy_sum = torch.zeros(self.n_sites, **f32)
-        self.norm_numel = [0] * self.n_sites
-        self.grad_numel = [0] * self.n_sites
-        self.depth_tokens = [0] * self.n_sites
+        n, k = self.n_sites, self.n_sources
+        shapes = ((n,), (n,), (n, k), (n, k), (n,))
+        sizes = [math.prod(shape) for shape in shapes]
+        self.sums = torch.zeros(sum(sizes), dtype=torch.float32, device=self.device)
+        for name, shape, part in zip(self.SLOTS, shapes, self.sums.split(sizes), strict=True):
+            setattr(self, name, part.view(shape))
+        self.norm_numel = [0] * n
+        self.depth_tokens = [0] * n
+        self._views: dict[tuple, reference.NormStats | reference.DepthStats] = {}
+        self._kept: list[tuple[int, torch.Tensor]] = []  # (site, x) with x's gradient retained
+        self._index: dict[tuple[int, ...], torch.Tensor] = {}
 
     def reset(self) -> None:
-        for t in (
-            self.norm_sq,
-            self.norm_grad_sq,
-            self.depth_weight_sum,
-            self.source_rms_sum,
-            self.depth_entropy_sum,
-        ):
-            t.zero_()
-        for counts in (self.norm_numel, self.grad_numel, self.depth_tokens):
+        self.sums.zero_()
+        self._kept.clear()
+        for counts in (self.norm_numel, self.depth_tokens):
             counts[:] = [0] * self.n_sites
+
+    def settle(self) -> None:
+        """Add the norms' gradient statistic still held as retained gradients (the reference
+        path; see ``reference.NormStats``) into ``norm_grad_sq``, with one batched reduction.
+
+        Call it after the backward pass and before reading ``norm_grad_sq`` (the probe does,
+        when a step closes); the fused kernels add theirs at once, so it is a no-op there.
+        """
+        kept, self._kept = self._kept, []
+        sites, grads = [], []
+        for site, x in kept:
+            if x.grad is not None:  # None: no backward pass reached x
+                sites.append(site)
+                grads.append(x.grad)
+                x.grad = None
+        if not grads:
+            return
+        index = self._index.get(key := tuple(sites))
+        if index is None:
+            if len(self._index) > 64:
+                self._index.clear()
+            index = self._index[key] = torch.tensor(key, device=self.sums.device)
+        wide = any(g.dtype == torch.float64 for g in grads)  # float64 stays float64 until here
+        norms = torch._foreach_norm(grads, 2, dtype=torch.float64 if wide else torch.float32)
+        self.norm_grad_sq.index_add_(0, index, torch.stack(norms).square().float())
+
+    def norm_stats(self, site: int) -> reference.NormStats:
+        """The slots a norm op at ``site`` adds into (views made once)."""
+        key = ("norm", site)
+        stats = self._views.get(key)
+        if stats is None:
+            grad_sq = self.norm_grad_sq[site : site + 1] if self.norm_grads else None
+            stats = reference.NormStats(
+                sq=self.norm_sq[site : site + 1],
+                grad_sq=grad_sq,
+                keep_grad=lambda x: self._kept.append((site, x)),
+            )
+            self._views[key] = stats
+        return stats
+
+    def depth_stats(
+        self, site: int, n_sources: int, has_partial: bool = False
+    ) -> reference.DepthStats:
+        """The slots a depth-attention op at ``site`` over ``n_sources`` sources adds into.
+
+        Sources fill the first ``n_sources`` columns; a Block AttnRes partial sum always goes
+        to the last column, so a column means the same source at every site.
+        """
+        key = ("depth", site, n_sources, has_partial)
+        stats = self._views.get(key)
+        if stats is None:
+            if n_sources + has_partial > self.n_sources:
+                raise IndexError(f"{n_sources} sources exceed the recording's {self.n_sources}")
+            last = self.n_sources - 1
+            stats = reference.DepthStats(
+                weight_sum=self.depth_weight_sum[site, :n_sources],
+                source_rms_sum=self.source_rms_sum[site, :n_sources],
+                entropy_sum=self.depth_entropy_sum[site : site + 1],
+                partial_weight_sum=self.depth_weight_sum[site, last:] if has_partial else None,
+                partial_rms_sum=self.source_rms_sum[site, last:] if has_partial else None,
+            )
+            self._views[key] = stats
+        return stats
 
 
 _RECORDING: contextvars.ContextVar[StatsSlots | None] = contextvars.ContextVar(
@@ -98,6 +180,21 @@ def recording(slots: StatsSlots) -> Iterator[StatsSlots]:
 
 def current_recording() -> StatsSlots | None:
     return _RECORDING.get()
+
+
+def observe_update(index: int, f: torch.Tensor) -> None:
+    """A model hands sublayer ``index``'s update to the recording's observer (if any): one
+    context lookup outside a recording, no module hook either way."""
+    slots = _RECORDING.get()
+    if slots is not None and slots.observer is not None:
+        slots.observer.update(index, f)
+
+
+def observe_stream(index: int, h: torch.Tensor) -> None:
+    """A model hands the stream entering layer ``index`` to the recording's observer (if any)."""
+    slots = _RECORDING.get()
+    if slots is not None and slots.observer is not None:
+        slots.observer.stream(index, h)
 
 
 def kernel_backend(x: torch.Tensor) -> str:
@@ -218,10 +315,7 @@ def _norm_stats(slots: StatsSlots | None, site: int | None, x: torch.Tensor):
     if slots is None:
         return None
     slots.norm_numel[site] += x.numel()
-    slots.grad_numel[site] += x.numel()
-    return reference.NormStats(
-        sq=slots.norm_sq[site : site + 1], grad_sq=slots.norm_grad_sq[site : site + 1]
-    )
+    return slots.norm_stats(site)
 
 
 def _depth_stats(
@@ -231,21 +325,8 @@ def _depth_stats(
     n_tokens: int,
     has_partial: bool = False,
 ):
-    """Views into the slots for one depth-attention op.
-
-    Sources fill the first ``n_sources`` columns; a Block AttnRes partial sum always goes to
-    the last column, so a column means the same source at every site.
-    """
     if slots is None:
         return None
-    if n_sources + has_partial > slots.n_sources:
-        raise IndexError(f"{n_sources} sources exceed the recording's {slots.n_sources}")
+    stats = slots.depth_stats(site, n_sources, has_partial)
     slots.depth_tokens[site] += n_tokens
-    last = slots.n_sources - 1
-    return reference.DepthStats(
-        weight_sum=slots.depth_weight_sum[site, :n_sources],
-        source_rms_sum=slots.source_rms_sum[site, :n_sources],
-        entropy_sum=slots.depth_entropy_sum[site : site + 1],
-        partial_weight_sum=slots.depth_weight_sum[site, last:] if has_partial else None,
-        partial_rms_sum=slots.source_rms_sum[site, last:] if has_partial else None,
-    )
+    return stats

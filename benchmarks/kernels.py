@@ -469,6 +469,8 @@ def training_step(
             logits = model(idx)
             loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), idx.flatten())
         loss.backward()
+        if record:
+            slots.settle()
         opt.step()
         opt.zero_grad(set_to_none=True)
 

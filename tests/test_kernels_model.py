@@ -40,6 +40,7 @@ def _run(model, idx, backend, monkeypatch, *, use_checkpoint=False, autocast=Fal
         logits = checkpoint(model, idx, use_reentrant=False) if use_checkpoint else model(idx)
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), idx.flatten())
     loss.backward()
+    slots.settle()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
     return logits.detach(), grads, slots
 
@@ -122,6 +123,7 @@ def test_recording_open_through_a_checkpointed_backward_gives_the_plain_means(ki
         with ops.recording(slots):
             logits = checkpoint(model, idx, use_reentrant=False) if use_checkpoint else model(idx)
             torch.nn.functional.cross_entropy(logits.flatten(0, 1), idx.flatten()).backward()
+        slots.settle()
         tokens = torch.tensor(slots.depth_tokens).clamp(min=1)
         return {
             "hidden mean square": slots.norm_sq / torch.tensor(slots.norm_numel),

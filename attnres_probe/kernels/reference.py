@@ -8,6 +8,7 @@ which fires exactly when autograd computes that gradient.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -15,10 +16,19 @@ import torch
 
 @dataclass
 class NormStats:
-    """Slots a norm op adds into: sq [1] += Σx², grad_sq [1] += Σ(∂L/∂x)² (x: the stream)."""
+    """Slots a norm op adds into: sq [1] += Σx², grad_sq [1] += Σ(∂L/∂x)² (x: the stream).
+
+    grad_sq None: the gradient statistic is not wanted (no hook, no extra backward work).
+    keep_grad: where given, a non-leaf x is handed to it after ``x.retain_grad()`` (autograd's
+    own hook, no Python call in the backward pass) and its owner adds Σ(∂L/∂x)² into grad_sq
+    later, for many norms at once (``ops.StatsSlots.settle``); otherwise a tensor hook adds it
+    as autograd computes it. The two differ only if one graph is backpropagated twice in a
+    step: the retained gradient is then the sum of both.
+    """
 
     sq: torch.Tensor
-    grad_sq: torch.Tensor
+    grad_sq: torch.Tensor | None
+    keep_grad: Callable[[torch.Tensor], None] | None = None
 
 
 @dataclass
@@ -41,25 +51,34 @@ def _acc(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
-def _accumulate_grad_sq(x: torch.Tensor, slot: torch.Tensor) -> None:
-    if x.requires_grad:
-        x.register_hook(lambda g: slot.add_(g.detach().float().pow(2).sum()) and None)
+def _accumulate_grad_sq(x: torch.Tensor, stats: NormStats) -> None:
+    """grad_sq += Σ(∂L/∂x)² of ∂L/∂x's total over every use of x (see :class:`NormStats`)."""
+    slot = stats.grad_sq
+    if slot is None or not x.requires_grad:
+        return
+    if stats.keep_grad is not None and not x.is_leaf and not x.retains_grad:
+        x.retain_grad()
+        stats.keep_grad(x)
+        return
 
+    def hook(grad: torch.Tensor) -> None:
+        g = _acc(grad).reshape(-1)
+        slot.add_(torch.dot(g, g))
 
-def _rms_normalise(x: torch.Tensor, eps: float) -> torch.Tensor:
-    xf = _acc(x)
-    return xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    x.register_hook(hook)
 
 
 def rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, stats: NormStats | None = None
 ) -> torch.Tensor:
     """x [*, D], weight [D] -> x / sqrt(mean(x²) + eps) * weight, computed in float32."""
+    xf = _acc(x)
+    ms = xf.pow(2).mean(-1, keepdim=True)
     if stats is not None:
-        with torch.no_grad():
-            stats.sq.add_(x.detach().float().pow(2).sum())
-        _accumulate_grad_sq(x, stats.grad_sq)
-    return (_rms_normalise(x, eps) * _acc(weight)).to(x.dtype)
+        # Σx² is a by-product of the normalisation's own mean square: D · Σ_tokens mean(x²).
+        stats.sq.add_(ms.detach().sum(), alpha=x.shape[-1])
+        _accumulate_grad_sq(x, stats)
+    return (xf * torch.rsqrt(ms + eps) * _acc(weight)).to(x.dtype)
 
 
 def add_rms_norm(
@@ -89,13 +108,12 @@ def _add_depth_stats(
 ) -> None:
     """weights, rms [N, *] float32; the last ``n_partial`` rows belong to the partial sum."""
     with torch.no_grad():
-        w = weights.detach().flatten(1)
-        r = rms.detach().flatten(1)
+        w = weights.flatten(1)
+        r = rms.flatten(1)
         n = w.shape[0] - n_partial
         stats.weight_sum.add_(w[:n].sum(1))
         stats.source_rms_sum.add_(r[:n].sum(1))
-        plogp = torch.where(w > 0, w * torch.log(w), torch.zeros_like(w))
-        stats.entropy_sum.add_(-plogp.sum())
+        stats.entropy_sum.add_(torch.special.entr(w).sum())  # Σ -α log α, 0 where α = 0
         if n_partial:
             stats.partial_weight_sum.add_(w[n:].sum())
             stats.partial_rms_sum.add_(r[n:].sum())

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from attnres_probe import ops
 from attnres_probe.hooks import probe
+from attnres_probe.hooks.taps import NativeTaps
 from attnres_probe.models import ModelConfig, build_model
 
 
@@ -70,12 +71,11 @@ class NaiveProbe:
 
 
 class OpsStatsOnly:
-    """The ops' statistics slots open around every step and never read."""
+    """The ops' statistics the probe asks for (its own slots), open around every step and
+    never read."""
 
     def __init__(self, model: torch.nn.Module):
-        cfg = model.cfg
-        device = next(model.parameters()).device
-        self.slots = ops.StatsSlots(cfg.n_sublayers + 1, max(1, len(cfg.source_names)), device)
+        self.slots = NativeTaps(model).slots
 
     def __enter__(self) -> OpsStatsOnly:
         return self
@@ -84,6 +84,7 @@ class OpsStatsOnly:
         pass
 
     def step(self, loss: torch.Tensor) -> None:
+        self.slots.settle()
         self.slots.reset()
 
 

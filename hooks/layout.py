@@ -248,16 +248,19 @@ class StepRow:
 
 # Pending tensors held at most before their norms are taken (bounds the memory kept alive).
 MAX_PENDING_TENSORS = 16
-# On CPU, equal-shaped tensors with at most this many elements in all are stacked and reduced
-# in one op: at small sizes the per-op overhead, not the arithmetic, is what costs.
-STACK_BUDGET = 1 << 22
+# On CPU, equal-shaped tensors of at most this many elements each are stacked and reduced in
+# one op: at small sizes the per-op overhead costs more than the copy; above it the copy costs
+# more (measured at 8192 elements: stacked 49 µs vs 60 µs per tensor for 16 of them; at 16384:
+# 129 µs vs 80 µs).
+STACK_NUMEL = 1 << 13
 
 
 def stackable(values: list[torch.Tensor]) -> bool:
+    """Whether ``values`` are reduced best stacked: small CPU tensors of one shape and dtype."""
     first = values[0]
     return (
         first.device.type == "cpu"
-        and first.numel() * len(values) <= STACK_BUDGET
+        and first.numel() <= STACK_NUMEL
         and all(v.shape == first.shape and v.dtype == first.dtype for v in values)
     )
 

@@ -224,6 +224,7 @@ class Probe:
         k = self.step_index
         if self.records(k):
             row = self._current_row()
+            self.taps.end_step(row)
             row.commit(self._index_tensor)  # gradient terms from the backward pass
             if loss is not None:
                 self._add_loss(row, loss)

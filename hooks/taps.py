@@ -1,18 +1,19 @@
 """Where a probe's statistics come from: the ops' stats slots, or plain module hooks.
 
 Two tap sets with one interface (``shape``, ``layer_params``, ``attach``, ``begin_forward``,
-``end_forward``):
+``end_forward``, ``end_step``):
 
-* :class:`NativeTaps` for this project's models. Hidden-state RMS and depth attention come from
-  the statistics the ops compute anyway (``ops.recording`` with slots that are views into the
-  step's row); update RMS and the activation gradients from hooks on each sublayer; the
-  in/out cosine from the model's ``hook_stream`` points.
+* :class:`NativeTaps` for this project's models, with no module hooks. Hidden-state RMS and
+  depth attention come from the statistics the ops compute anyway (``ops.recording``; the
+  slots' sums move into the step's row when the step closes); update RMS, the activation
+  gradients (a tensor hook on each update) and the in/out cosine from the updates and streams
+  the model hands to ``ops.observe_update`` / ``ops.observe_stream``.
 * :class:`ModuleTaps` for any other PreNorm decoder: a pre-hook on each norm (hidden RMS),
   a hook on each sublayer (update RMS, and a tensor hook on its output for the gradient), and
   hooks on each decoder layer (input vs output stream).
 
-Every hook returns at once unless the recorder has a current row, i.e. outside the forward
-pass of a recorded step; nothing here reads a device value on the host.
+Every hook and observer returns at once unless the recorder has a current row, i.e. outside
+the forward pass of a recorded step; nothing here reads a device value on the host.
 """
 
 from __future__ import annotations
@@ -92,27 +93,31 @@ def _grad_hook(row: StepRow, index: int) -> Callable:
     return hook
 
 
-def _update_hook(rec: Recorder, index: int, with_grad: bool, defer: bool = False) -> Callable:
-    """Forward hook on sublayer ``index``: ‖f‖ of its output (and a grad hook on f).
+def _record_update(row: StepRow, index: int, f: torch.Tensor, with_grad: bool, defer: bool) -> None:
+    """‖f‖ of sublayer ``index``'s output into the row (and a grad hook on f).
 
     defer: batch the norm with the other sublayers' (valid when nothing changes f in place).
     """
+    if defer:
+        row.add_tensor("update_sq", index, f)
+    else:
+        with torch.no_grad():
+            row.add_norm("update_sq", index, norm32(f))
+    row.counts["update_numel"][index] += f.numel()
+    if with_grad and f.requires_grad:
+        f.register_hook(_grad_hook(row, index))
+
+
+def _update_hook(rec: Recorder, index: int) -> Callable:
+    """Forward hook on sublayer ``index`` of any decoder (see :func:`_record_update`)."""
 
     def hook(module: nn.Module, args: tuple, output: Any) -> None:
         row = rec.row
         if row is None:
             return
         f = first_tensor(output)
-        if f is None:
-            return
-        if defer:
-            row.add_tensor("update_sq", index, f)
-        else:
-            with torch.no_grad():
-                row.add_norm("update_sq", index, norm32(f))
-        row.counts["update_numel"][index] += f.numel()
-        if with_grad and f.requires_grad:
-            f.register_hook(_grad_hook(row, index))
+        if f is not None:
+            _record_update(row, index, f, with_grad=True, defer=False)
 
     return hook
 
@@ -190,7 +195,7 @@ class _StreamChain(_StreamPairs):
         if self.kept and self.kept[-1][0] != index - 1:
             self.kept.clear()  # not the next stream of the same forward
         self.kept.append((index, x))
-        if not stackable([t for _, t in self.kept]):
+        if not stackable([self.kept[0][1], x]):
             self._reduce_each()
         elif len(self.kept) > MAX_PENDING_TENSORS:
             self._reduce_stacked(row, keep_last=True)
@@ -258,28 +263,39 @@ class NativeTaps:
                     params += list(q.parameters())
             self.layer_params.append(params)
         device = next(model.parameters()).device
-        self.slots = ops.StatsSlots(self.shape.n_sites, max(1, self.shape.n_sources), device)
-        self._streams: _StreamPairs | None = None
+        # Σ(∂L/∂x)² at the norms is read only where it is the sublayer gradient (baseline).
+        self.slots = ops.StatsSlots(
+            self.shape.n_sites,
+            max(1, self.shape.n_sources),
+            device,
+            norm_grads=self.shape.grad_from_norm,
+        )
+        self._grad_hooks = not self.shape.grad_from_norm  # ∂L/∂f from a hook on each f
+        self._rec: Recorder | None = None
+        self._streams: _StreamChain | None = None
         self._recording = None
 
     def attach(self, rec: Recorder, handles: list[RemovableHandle]) -> None:
-        with_grad = not self.shape.grad_from_norm
-        for index, (_, sub) in enumerate(self.pairs):
-            hook = _update_hook(rec, index, with_grad, defer=True)
-            handles.append(sub.register_forward_hook(hook))
-        streams = self._streams = _StreamChain(rec)
-        for index, point in enumerate(self.model.hook_stream):
-            handles.append(point.register_forward_hook(_stream_hook(streams, index)))
+        """No module hooks: the model hands its updates and streams to ``ops.observe_*``,
+        which reach :meth:`update` and :meth:`stream` while the recording is open."""
+        if self._streams is None or self._streams.rec is not rec:
+            self._rec = rec
+            self._streams = _StreamChain(rec)
+            self.slots.observer = self
+
+    def update(self, index: int, f: torch.Tensor) -> None:
+        row = self._rec.row
+        if row is not None:
+            _record_update(row, index, f, self._grad_hooks, defer=True)
+
+    def stream(self, index: int, h: torch.Tensor) -> None:
+        row = self._rec.row
+        if row is not None:
+            self._streams.add(row, index, h)
 
     def begin_forward(self, row: StepRow) -> None:
-        slots, sums = self.slots, row.sums
-        slots.norm_sq = sums["norm_sq"]
-        slots.norm_grad_sq = sums["norm_grad_sq"]
-        slots.depth_weight_sum = sums["depth_weight_sum"]
-        slots.source_rms_sum = sums["source_rms_sum"]
-        slots.depth_entropy_sum = sums["depth_entropy_sum"]
         self._streams.clear()
-        self._recording = ops.recording(slots)
+        self._recording = ops.recording(self.slots)
         self._recording.__enter__()
 
     def end_forward(self, row: StepRow) -> None:
@@ -289,21 +305,17 @@ class NativeTaps:
         slots = self.slots
         row.counts["norm_numel"] += np.asarray(slots.norm_numel, dtype=np.int64)
         row.counts["depth_tokens"] += np.asarray(slots.depth_tokens, dtype=np.int64)
-        for counts in (slots.norm_numel, slots.grad_numel, slots.depth_tokens):
+        for counts in (slots.norm_numel, slots.depth_tokens):
             counts[:] = [0] * len(counts)
         self._streams.finish(row)
 
-
-def _stream_hook(streams: _StreamChain, index: int) -> Callable:
-    """hook_stream[index] carries the stream entering layer ``index`` (n_layers: the output),
-    which is also the stream leaving layer ``index - 1``."""
-
-    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        row = streams.rec.row
-        if row is not None:
-            streams.add(row, index, output)
-
-    return hook
+    def end_step(self, row: StepRow) -> None:
+        """Move the ops' sums (forward and backward) into the step's row: one add per slot."""
+        slots = self.slots
+        slots.settle()
+        for name in slots.SLOTS:
+            row.sums[name].add_(getattr(slots, name))
+        slots.sums.zero_()
 
 
 def source_mask(cfg: Any) -> np.ndarray:
@@ -350,7 +362,7 @@ class ModuleTaps:
             )
             for _, norm, sub in spec.pairs:
                 handles.append(norm.register_forward_pre_hook(_norm_input_hook(rec, index)))
-                handles.append(sub.register_forward_hook(_update_hook(rec, index, with_grad=True)))
+                handles.append(sub.register_forward_hook(_update_hook(rec, index)))
                 index += 1
 
     def begin_forward(self, row: StepRow) -> None:
@@ -358,6 +370,9 @@ class ModuleTaps:
 
     def end_forward(self, row: StepRow) -> None:
         self._streams.finish(row)
+
+    def end_step(self, row: StepRow) -> None:
+        pass
 
 
 def _norm_input_hook(rec: Recorder, index: int) -> Callable:

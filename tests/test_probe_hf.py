@@ -86,3 +86,13 @@ def test_layers_can_be_named_by_path_by_modules_or_by_pairs(tmp_path):
     np.testing.assert_array_equal(runs["pairs"]["hidden_rms"].values, auto)
     np.testing.assert_array_equal(runs["attention only"]["hidden_rms"].values, auto[:, ::2])
     assert runs["attention only"]["kind"].values.tolist() == ["attn"] * 3
+
+
+def test_module_hooks_exist_only_from_a_recorded_forward_to_the_next_unrecorded_one(tmp_path):
+    model = gpt2()
+    with probe(model, tmp_path / "run", every=2) as p:
+        train_steps(model, p, [batch(0)])
+        assert hook_count(model) > 2  # norms, sublayers and layers, after a recorded forward
+        train_steps(model, p, [batch(1)])
+        assert hook_count(model) == 2  # after an unrecorded one: the probe's pre/post hooks
+    assert hook_count(model) == 0

@@ -31,7 +31,7 @@ def test_recorded_statistics_equal_plain_torch(residual, tmp_path):
 
 def test_statistics_are_the_same_when_tensors_are_reduced_one_by_one(monkeypatch, tmp_path):
     # Large or GPU tensors are not stacked for the reductions; force that path on tiny ones.
-    monkeypatch.setattr(layout, "STACK_BUDGET", 0)
+    monkeypatch.setattr(layout, "STACK_NUMEL", 0)
     _check_against_plain_torch("full", tmp_path)
 
 

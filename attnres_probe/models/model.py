@@ -23,7 +23,11 @@ from attnres_probe.models.layers import Block, DepthQuery, RMSNorm
 
 
 class HookPoint(nn.Identity):
-    """An identity module marking a tensor worth observing; probes attach read-only hooks here."""
+    """An identity module marking a tensor worth observing, for read-only module hooks.
+
+    The model also hands these tensors (and each sublayer's update) to ``ops.observe_*``, which
+    is how this project's probe reads them without module hooks.
+    """
 
 
 class Transformer(nn.Module):
@@ -86,21 +90,30 @@ class Transformer(nn.Module):
 
     def _update(self, i: int, x: torch.Tensor, skip: frozenset[int]) -> torch.Tensor:
         norm, sub = self.sublayers()[i]
-        f = sub(norm(x))
+        return self._observed_update(i, sub(norm(x)), skip)
+
+    @staticmethod
+    def _observed_update(i: int, f: torch.Tensor, skip: frozenset[int]) -> torch.Tensor:
+        """Sublayer i's output, observed as computed, then zeroed when i is skipped."""
+        ops.observe_update(i, f)
         return torch.zeros_like(f) if i in skip else f
+
+    def _stream(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        """The stream entering ``layer`` (n_layers: the final stream) passes its hook point."""
+        h = self.hook_stream[layer](h)
+        ops.observe_stream(layer, h)
+        return h
 
     def _forward_baseline(self, h, skip, _weights_out):
         pairs = self.sublayers()
         norms = [norm for norm, _ in pairs] + [self.final_norm]
-        h = self.hook_stream[0](h)
+        h = self._stream(0, h)
         y = norms[0](h)
         for i, (_, sub) in enumerate(pairs):
-            f = sub(y)
-            if i in skip:
-                f = torch.zeros_like(f)
+            f = self._observed_update(i, sub(y), skip)
             y, h = norms[i + 1].add_forward(h, f)  # fused h += f; y = norm(h)
             if i % 2 == 1:
-                h = self.hook_stream[i // 2 + 1](h)
+                h = self._stream(i // 2 + 1, h)
         return y
 
     def _forward_full(self, emb, skip, weights_out):
@@ -110,14 +123,14 @@ class Transformer(nn.Module):
             if weights_out is not None:
                 weights_out.append(w.detach())
             if i % 2 == 0:
-                h = self.hook_stream[i // 2](h)
+                h = self._stream(i // 2, h)
             sources.append(self._update(i, h, skip))
         out, w = ops.attnres(
             torch.stack(sources), self.depth_queries[-1](), site=self.cfg.n_sublayers
         )
         if weights_out is not None:
             weights_out.append(w.detach())
-        out = self.hook_stream[-1](out)
+        out = self._stream(self.cfg.n_layers, out)
         return self.final_norm(out)
 
     def _forward_block(self, emb, skip, weights_out):
@@ -137,14 +150,14 @@ class Transformer(nn.Module):
                 if weights_out is not None:
                     weights_out.append(w.detach())
                 if i % 2 == 0:
-                    h = self.hook_stream[i // 2](h)
+                    h = self._stream(i // 2, h)
                 f = self._update(i, h, skip)
                 partial = f if partial is None else partial + f
             blocks.append(partial)
         out, w = ops.attnres(torch.stack(blocks), self.depth_queries[-1](), site=cfg.n_sublayers)
         if weights_out is not None:
             weights_out.append(w.detach())
-        out = self.hook_stream[-1](out)
+        out = self._stream(self.cfg.n_layers, out)
         return self.final_norm(out)
 
     @torch.no_grad()

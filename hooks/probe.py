@@ -225,6 +225,7 @@ class Probe:
         if self.records(k):
             row = self._current_row()
             self.taps.end_step(row)
+            row.settle_grads()
             row.commit(self._index_tensor)  # gradient terms from the backward pass
             if loss is not None:
                 self._add_loss(row, loss)

@@ -84,7 +84,8 @@ def cos_sum(dots: torch.Tensor, norms_a: torch.Tensor, norms_b: torch.Tensor) ->
 
 
 def _grad_hook(row: StepRow, index: int) -> Callable:
-    """Tensor hook on a sublayer output: ‖∂L/∂f‖ joins the row when autograd computes it."""
+    """Tensor hook on a sublayer output: ‖∂L/∂f‖ joins the row when autograd computes it (for
+    outputs whose gradient is not retained, see :meth:`StepRow.keep_grad`)."""
 
     def hook(grad: torch.Tensor) -> None:
         row.add_norm("grad_sq", index, norm32(grad))
@@ -104,7 +105,7 @@ def _record_update(row: StepRow, index: int, f: torch.Tensor, with_grad: bool, d
         with torch.no_grad():
             row.add_norm("update_sq", index, norm32(f))
     row.counts["update_numel"][index] += f.numel()
-    if with_grad and f.requires_grad:
+    if with_grad and f.requires_grad and not row.keep_grad(index, f):
         f.register_hook(_grad_hook(row, index))
 
 
@@ -270,7 +271,7 @@ class NativeTaps:
             device,
             norm_grads=self.shape.grad_from_norm,
         )
-        self._grad_hooks = not self.shape.grad_from_norm  # ∂L/∂f from a hook on each f
+        self._grad_hooks = not self.shape.grad_from_norm  # ∂L/∂f from each f (not the norms)
         self._rec: Recorder | None = None
         self._streams: _StreamChain | None = None
         self._recording = None

@@ -79,3 +79,45 @@ def test_ops_statistics_on_triton_equal_the_reference_backend(monkeypatch):
         tri, ref = getattr(sums["triton"], name), getattr(sums["reference"], name)
         torch.testing.assert_close(tri, ref, rtol=1e-5, atol=1e-5)
     assert sums["triton"].depth_tokens == [0, 21]
+
+
+def _norm_input_grads(x: torch.Tensor, weight: torch.Tensor, upstream) -> tuple[float, float]:
+    """Σ(∂L/∂h)² and Σ(∂L/∂x)² for the graph of the test below, in plain float64 torch."""
+    x = x.detach().double().requires_grad_()
+    h = x * 2
+    loss = sum(
+        (torch.nn.functional.rms_norm(t, (t.shape[-1],), weight.double(), 1e-6) * u).sum()
+        for t, u in ((h, upstream[0]), (x, upstream[1]))
+    )
+    loss = loss + (h * upstream[2]).sum()  # h has a second consumer: its gradient is the total
+    gh, gx = torch.autograd.grad(loss, [h, x])
+    return gh.pow(2).sum().item(), gx.pow(2).sum().item()
+
+
+@pytest.mark.parametrize("norm_grads", [True, False])
+def test_norm_gradient_statistic_is_settled_for_streams_and_hooked_for_leaves(
+    monkeypatch, norm_grads
+):
+    monkeypatch.setenv("ATTNRES_PROBE_KERNELS", "reference")
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    weight = torch.randn(16)
+    upstream = [torch.randn(3, 5, 16) for _ in range(3)]
+    slots = ops.StatsSlots(n_sites=2, n_sources=1, norm_grads=norm_grads)
+    with ops.recording(slots):
+        h = x * 2  # a stream (non-leaf): its gradient is retained and reduced at settle()
+        y_h = ops.rms_norm(h, weight, site=0)
+        y_x = ops.rms_norm(x, weight, site=1)  # a leaf: a tensor hook adds it as it comes
+    ((y_h * upstream[0]).sum() + (y_x * upstream[1]).sum() + (h * upstream[2]).sum()).backward()
+    expected_h, expected_x = _norm_input_grads(x, weight, upstream)
+    if not norm_grads:
+        assert not h.retains_grad
+        slots.settle()
+        assert slots.norm_grad_sq.tolist() == [0.0, 0.0]
+        return
+    assert h.retains_grad and slots.norm_grad_sq[0].item() == 0.0  # pending until settle()
+    torch.testing.assert_close(slots.norm_grad_sq[1].item(), expected_x, rtol=1e-5, atol=0)
+    slots.settle()
+    torch.testing.assert_close(slots.norm_grad_sq[0].item(), expected_h, rtol=1e-5, atol=0)
+    assert h.grad is None  # the retained gradient is released once reduced
+    slots.settle()  # nothing left: settling again adds nothing
+    torch.testing.assert_close(slots.norm_grad_sq[0].item(), expected_h, rtol=1e-5, atol=0)

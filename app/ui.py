@@ -63,15 +63,17 @@ def load(path: Path) -> xr.Dataset:
     return _open(str(path), version(path))
 
 
-@st.cache_data(max_entries=2048, ttl=10, show_spinner=False)
+# cache_resource, not cache_data: cache_data pickles each value and unpickles it on every hit;
+# these keep the (immutable) objects themselves.
+@st.cache_resource(max_entries=2048, ttl=10, show_spinner=False)
 def _row(root_path: str, name: str, commit: object) -> catalog.RunRow:
     return catalog.summarize(Path(root_path), name)
 
 
-@st.cache_data(ttl=5, show_spinner=False)
-def _names(root_path: str) -> list[str]:
+@st.cache_resource(ttl=5, show_spinner=False)
+def _names(root_path: str) -> tuple[str, ...]:
     # A short TTL: new runs appear within seconds, and a big ROOT is not walked on every rerun.
-    return catalog.run_names(Path(root_path))
+    return tuple(catalog.run_names(Path(root_path)))
 
 
 def rows(root_path: Path) -> list[catalog.RunRow]:

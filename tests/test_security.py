@@ -12,7 +12,9 @@ package (``attnres_probe/``, ``hooks/``, ``cli/``, ``app/``) and the ``scripts/`
 - call ``yaml.load`` / ``yaml.load_all`` without a safe loader, or ``yaml.unsafe_load``;
 - run a shell: ``subprocess.*(..., shell=<not False>)``, ``os.system``, ``os.popen``,
   ``asyncio.create_subprocess_shell``;
-- call ``pandas.read_pickle``, or ``numpy.load`` with ``allow_pickle`` not False.
+- call ``pandas.read_pickle``, or ``numpy.load`` with ``allow_pickle`` not False;
+- use ``streamlit.cache_data`` (it pickles every return value and unpickles it on each hit;
+  ``cache_resource`` keeps the object itself).
 
 Names are resolved through the module's imports (``import numpy as np``,
 ``from torch import load``), so an alias does not hide a call. The snippet tests below show
@@ -38,6 +40,7 @@ PICKLING_MODULES = {"pickle", "_pickle", "cPickle", "cloudpickle", "dill", "shel
 CODE_BUILTINS = {"eval", "exec", "compile"}
 SAFE_YAML_LOADERS = {"SafeLoader", "CSafeLoader", "BaseLoader", "CBaseLoader"}
 SUBPROCESS_CALLS = {"run", "call", "check_call", "check_output", "Popen", "getoutput"}
+PICKLING_CACHES = {"streamlit.cache_data", "streamlit.experimental_memo"}
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,19 @@ class Scanner(ast.NodeVisitor):
             return None
         head = self.aliases.get(func.id, func.id)
         return ".".join([head, *reversed(parts)])
+
+    # -- names
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        self.generic_visit(node)
+        self._check_name(node)
+
+    def visit_Name(self, node: ast.Name) -> None:
+        self._check_name(node)
+
+    def _check_name(self, node: ast.Attribute | ast.Name) -> None:
+        if self.dotted(node) in PICKLING_CACHES:
+            self.report(node, "pickle-load", f"uses {self.dotted(node)} (pickles its values)")
 
     # -- calls
 
@@ -227,6 +243,9 @@ CAUGHT = {
     "from pandas import read_pickle\nframe = read_pickle(path)": "pickle-load",
     "import numpy as np\na = np.load(path, allow_pickle=True)": "pickle-load",
     "import numpy\na = numpy.load(path, allow_pickle=ok)": "pickle-load",
+    "import streamlit as st\n@st.cache_data(ttl=5)\ndef f():\n    pass": "pickle-load",
+    "import streamlit as st\n@st.cache_data\ndef f():\n    pass": "pickle-load",
+    "from streamlit import cache_data\n@cache_data\ndef f():\n    pass": "pickle-load",
 }
 
 ALLOWED = [
@@ -243,6 +262,7 @@ ALLOWED = [
     "import numpy as np\na = np.load(path, allow_pickle=False)",
     "from safetensors.torch import load_file\nsd = load_file(path)",
     "def compile(spec):\n    return spec\ncompiled = compile('x')",
+    "import streamlit as st\n@st.cache_resource(ttl=5)\ndef f():\n    pass",
 ]
 
 

@@ -27,6 +27,7 @@ from attnres_probe.kernels import reference
 
 __all__ = [
     "StatsSlots",
+    "IndexCache",
     "Observer",
     "recording",
     "current_recording",
@@ -39,6 +40,24 @@ __all__ = [
     "block_attnres_phase2",
     "kernel_backend",
 ]
+
+
+class IndexCache:
+    """Device index tensors for tuples of indices, made once each: the same index sets come
+    back every step, and making one is a host->device copy."""
+
+    def __init__(self, device: torch.device | str, size: int = 256):
+        self.device = device
+        self.size = size
+        self._cache: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def __call__(self, indices: tuple[int, ...]) -> torch.Tensor:
+        index = self._cache.get(indices)
+        if index is None:
+            if len(self._cache) >= self.size:
+                self._cache.clear()
+            index = self._cache[indices] = torch.tensor(indices, device=self.device)
+        return index
 
 
 class Observer(Protocol):
@@ -91,7 +110,7 @@ class StatsSlots:
         self.depth_tokens = [0] * n
         self._views: dict[tuple, reference.NormStats | reference.DepthStats] = {}
         self._kept: list[tuple[int, torch.Tensor]] = []  # (site, x) with x's gradient retained
-        self._index: dict[tuple[int, ...], torch.Tensor] = {}
+        self._index = IndexCache(self.device)
 
     def reset(self) -> None:
         self.sums.zero_()
@@ -107,19 +126,10 @@ class StatsSlots:
         when a step closes); the fused kernels add theirs at once, so it is a no-op there.
         """
         kept, self._kept = self._kept, []
-        sites, grads = [], []
-        for site, x in kept:
-            if x.grad is not None:  # None: no backward pass reached x
-                sites.append(site)
-                grads.append(x.grad)
-                x.grad = None
+        sites, grads = reference.take_retained_grads(kept)
         if not grads:
             return
-        index = self._index.get(key := tuple(sites))
-        if index is None:
-            if len(self._index) > 64:
-                self._index.clear()
-            index = self._index[key] = torch.tensor(key, device=self.sums.device)
+        index = self._index(tuple(sites))
         wide = any(g.dtype == torch.float64 for g in grads)  # float64 stays float64 until here
         norms = torch._foreach_norm(grads, 2, dtype=torch.float64 if wide else torch.float32)
         self.norm_grad_sq.index_add_(0, index, torch.stack(norms).square().float())

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from attnres_probe.kernels.reference import retain_grad_cheaply, take_retained_grads
+
 
 @dataclass(frozen=True)
 class ProbeShape:
@@ -202,13 +204,10 @@ class StepRow:
     kept_grads: list[tuple[int, torch.Tensor]] = field(default_factory=list)
 
     def keep_grad(self, index: int, f: torch.Tensor) -> bool:
-        """Retain ∂L/∂f of sublayer ``index``'s output for :meth:`settle_grads` (autograd's own
-        hook: no Python call in the backward pass). Only CPU non-leaf tensors nobody else
-        retains: elsewhere the retained copies would hold device memory until the step closes.
-        False: the caller hooks f instead."""
-        if f.device.type != "cpu" or f.is_leaf or f.retains_grad:
+        """Retain ∂L/∂f of sublayer ``index``'s output for :meth:`settle_grads` where that is
+        cheap (``reference.retain_grad_cheaply``); False: the caller hooks f instead."""
+        if not retain_grad_cheaply(f):
             return False
-        f.retain_grad()
         self.kept_grads.append((index, f))
         return True
 
@@ -216,12 +215,9 @@ class StepRow:
         """After the backward pass: ‖∂L/∂f‖² of every retained output into ``grad_sq``
         (reduced together at the next commit) and each one counted as a gradient hit."""
         kept, self.kept_grads = self.kept_grads, []
-        for index, f in kept:
-            grad = f.grad
-            if grad is not None:  # None: no backward pass reached f
-                f.grad = None
-                self.add_tensor("grad_sq", index, grad)
-                self.counts["grad_hits"][index] += 1
+        for index, grad in zip(*take_retained_grads(kept), strict=True):
+            self.add_tensor("grad_sq", index, grad)
+            self.counts["grad_hits"][index] += 1
 
     def add_norm(self, name: str, index: int, norm: torch.Tensor) -> None:
         """``sums[name][index] += norm²`` at the next commit; norm: float32 0-d."""

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from attnres_probe import ops
 from attnres_probe.hooks import interrupts
 from attnres_probe.hooks.discovery import LayersArg, discover_layers
 from attnres_probe.hooks.errors import ProbeError, ProbeStoreError, ProbeWarning
@@ -137,7 +138,8 @@ class Probe:
         self._params = [
             (p, index) for index, params in enumerate(self.taps.layer_params) for p in params
         ]
-        self._index_cache: dict[tuple[int, ...], torch.Tensor] = {}
+        # Device index tensors, cached: hooks fire in the same order each step.
+        self._index_tensor = ops.IndexCache(device)
         self.ranks = Ranks(self._distributed)
         sharded = self._sharded_grads
         self._sharded = has_sharded_params(self.model) if sharded is None else sharded
@@ -243,15 +245,6 @@ class Probe:
             n = len(self._row_steps)
             self._open_row = StepRow(self._sum_views[n], self._count_views[n])
         return self._open_row
-
-    def _index_tensor(self, indices: tuple[int, ...]) -> torch.Tensor:
-        """A device index tensor for ``indices``, cached: hooks fire in the same order each step."""
-        index = self._index_cache.get(indices)
-        if index is None:
-            if len(self._index_cache) > 256:
-                self._index_cache.clear()
-            index = self._index_cache[indices] = torch.tensor(indices, device=self._buf.device)
-        return index
 
     def _before_forward(self, module: nn.Module, args: tuple) -> None:
         self._depth += 1

@@ -2,8 +2,9 @@
 
 Each function takes an optional statistics bundle; when given, it adds its by-product
 reductions into those device tensors (never syncing the host). Forward statistics are
-accumulated under ``no_grad``; the backward statistic (Σ gradient²) through a tensor hook,
-which fires exactly when autograd computes that gradient.
+added without building graph; the backward statistic (Σ gradient²) through a tensor hook,
+which fires exactly when autograd computes that gradient, or from the retained gradient,
+reduced later with others (see :class:`NormStats`).
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ class NormStats:
     """Slots a norm op adds into: sq [1] += Σx², grad_sq [1] += Σ(∂L/∂x)² (x: the stream).
 
     grad_sq None: the gradient statistic is not wanted (no hook, no extra backward work).
-    keep_grad: where given, a non-leaf x is handed to it after ``x.retain_grad()`` (autograd's
-    own hook, no Python call in the backward pass) and its owner adds Σ(∂L/∂x)² into grad_sq
-    later, for many norms at once (``ops.StatsSlots.settle``); otherwise a tensor hook adds it
-    as autograd computes it. The two differ only if one graph is backpropagated twice in a
-    step: the retained gradient is then the sum of both.
+    keep_grad: where given, x is handed to it once :func:`retain_grad_cheaply` retains its
+    gradient, and its owner adds Σ(∂L/∂x)² into grad_sq later, for many norms at once
+    (``ops.StatsSlots.settle``); otherwise a tensor hook adds it as autograd computes it.
+    The two differ only if one graph is backpropagated twice in a step: the retained
+    gradient is then the sum of both.
     """
 
     sq: torch.Tensor
@@ -51,13 +52,36 @@ def _acc(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
+def retain_grad_cheaply(x: torch.Tensor) -> bool:
+    """Retain ∂L/∂x (autograd's own hook: no Python call in the backward pass) where that is
+    safe and cheap: a CPU non-leaf that nobody else retains (elsewhere the retained copy would
+    hold device memory until it is taken). False: the caller hooks x instead."""
+    if x.device.type != "cpu" or x.is_leaf or x.retains_grad:
+        return False
+    x.retain_grad()
+    return True
+
+
+def take_retained_grads(
+    kept: list[tuple[int, torch.Tensor]],
+) -> tuple[list[int], list[torch.Tensor]]:
+    """(indices, gradients) of the retained tensors a backward pass reached; each gradient is
+    released from its tensor (kept: (index, x) pairs given to :func:`retain_grad_cheaply`)."""
+    indices, grads = [], []
+    for index, x in kept:
+        if x.grad is not None:  # None: no backward pass reached x
+            indices.append(index)
+            grads.append(x.grad)
+            x.grad = None
+    return indices, grads
+
+
 def _accumulate_grad_sq(x: torch.Tensor, stats: NormStats) -> None:
     """grad_sq += Σ(∂L/∂x)² of ∂L/∂x's total over every use of x (see :class:`NormStats`)."""
     slot = stats.grad_sq
     if slot is None or not x.requires_grad:
         return
-    if stats.keep_grad is not None and not x.is_leaf and not x.retains_grad:
-        x.retain_grad()
+    if stats.keep_grad is not None and retain_grad_cheaply(x):
         stats.keep_grad(x)
         return
 

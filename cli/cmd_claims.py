@@ -34,7 +34,7 @@ def claims(
 ) -> None:
     """Measure the paper's depth-dynamics claims on every run under ROOT (dilution, gradient
     spread, depth-attention entropy, held-out loss, pruning) with a verdict for each."""
-    from attnres_probe.claims import claims_for_folder, marked_block, replace_marked
+    from attnres_probe.tools.claims import claims_for_folder, marked_block, replace_marked
 
     # A README that cannot be used fails before the runs are measured.
     _check_readme("--update-readme", update_readme)
@@ -66,7 +66,7 @@ def claims(
 
 def _check_readme(option: str, path: Path | None) -> None:
     """Fail unless ``path`` (when given) is a UTF-8 text file holding the claims markers."""
-    from attnres_probe.claims import marked_block
+    from attnres_probe.tools.claims import marked_block
 
     if path is None:
         return

@@ -19,7 +19,7 @@ from attnres_probe.cli.main import app
 
 def _progress_bars(progress):
     """A DemoProgress that draws one rich bar per kind and stage on ``progress``."""
-    from attnres_probe.demo import DemoProgress
+    from attnres_probe.tools.demo import DemoProgress
 
     class Bars(DemoProgress):
         def __init__(self) -> None:
@@ -81,8 +81,8 @@ def demo(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from attnres_probe.demo import DemoConfig, run_demo
-    from attnres_probe.report import headline_table
+    from attnres_probe.tools.demo import DemoConfig, run_demo
+    from attnres_probe.tools.report import headline_table
 
     given = {
         "out": str(out),

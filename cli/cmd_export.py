@@ -97,8 +97,8 @@ def export(
     with library_errors():
         from attnres_probe import figures
         from attnres_probe.analysis.select import AnalysisError
-        from attnres_probe.export import write_figures
         from attnres_probe.store import open_run
+        from attnres_probe.tools.export import write_figures
 
         datasets = [open_run(r) for r in runs]
         built = []

@@ -9,7 +9,7 @@ Each run is trained by the project's training loop with the probe attached (reco
     attnres-probe train --residual KIND --layers 16 --d-model 64 --n-heads 4 --n-blocks 8 \
         --steps 1000 --batch-size 8 --seq-len 64 --lr 3e-3 --seed SEED --every 10 --out RUN
     attnres-probe prune RUN --batches 32 [--granularity sublayer | block]
-    python -c "from attnres_probe.prune_path import prune_path; prune_path('RUN')"
+    python -c "from attnres_probe.tools.prune_path import prune_path; prune_path('RUN')"
 
 with one torch thread per run so ``--jobs`` runs share the cores evenly. Timings, the machine
 and every setting go to ``OUT/manifest.json``; ``OUT/README.md`` is written from it.
@@ -70,7 +70,7 @@ def make_run(kind: str, seed: int, out: str, steps: int) -> Made:
     torch.set_num_threads(1)
     from attnres_probe.analysis.pruning import prune_run
     from attnres_probe.models import ModelConfig
-    from attnres_probe.prune_path import prune_path
+    from attnres_probe.tools.prune_path import prune_path
     from attnres_probe.train import TrainConfig, train
 
     run_dir = Path(out) / run_name(kind, seed)
@@ -156,7 +156,7 @@ Per run that is exactly:
 attnres-probe prune RUN --batches {manifest["prune_batches"]} --granularity sublayer
 attnres-probe prune RUN --batches {manifest["prune_batches"]} --granularity block   # block runs
 attnres-probe prune RUN --batches {manifest["prune_batches"]} --granularity layer
-python -c "from attnres_probe.prune_path import prune_path; prune_path('RUN')"
+python -c "from attnres_probe.tools.prune_path import prune_path; prune_path('RUN')"
 ```
 
 Pruning zero-ablates each unit alone on {manifest["prune_batches"]} held-out batches (the same

@@ -48,9 +48,9 @@ def heavy_work(monkeypatch) -> list[str]:
     """Replace what bad input must never reach with recorders; returns what was reached."""
     import webbrowser
 
-    import attnres_probe.demo
-    import attnres_probe.export
     import attnres_probe.models
+    import attnres_probe.tools.demo
+    import attnres_probe.tools.export
     import attnres_probe.train
 
     reached: list[str] = []
@@ -63,8 +63,8 @@ def heavy_work(monkeypatch) -> list[str]:
         return record
 
     monkeypatch.setattr(attnres_probe.train, "train", recorder("training"))
-    monkeypatch.setattr(attnres_probe.demo, "run_demo", recorder("the demo"))
-    monkeypatch.setattr(attnres_probe.export, "write_figures", recorder("figure export"))
+    monkeypatch.setattr(attnres_probe.tools.demo, "run_demo", recorder("the demo"))
+    monkeypatch.setattr(attnres_probe.tools.export, "write_figures", recorder("figure export"))
     monkeypatch.setattr(attnres_probe.models, "build_model", recorder("building a model"))
     monkeypatch.setattr(cmd_dashboard.subprocess, "Popen", recorder("the dashboard server"))
     monkeypatch.setattr(webbrowser, "open", recorder("a browser"))

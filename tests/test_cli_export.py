@@ -8,7 +8,7 @@ import pytest
 from synthetic_runs import baseline_run, full_run
 
 from attnres_probe import figures
-from attnres_probe.export import ExportError, find_browser, write_figures
+from attnres_probe.tools.export import ExportError, find_browser, write_figures
 
 MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "pdf": b"%PDF-", "svg": b"<svg"}
 no_browser = pytest.mark.skipif(

@@ -11,10 +11,10 @@ from synthetic_runs import baseline_run, full_run
 from test_figures import with_pruning
 from typer.testing import CliRunner
 
-from attnres_probe import claims as claims_mod
 from attnres_probe.cli import app
 from attnres_probe.figures import FIGURES
-from attnres_probe.report import headline_numbers, render_report, summarise_runs
+from attnres_probe.tools import claims as claims_mod
+from attnres_probe.tools.report import headline_numbers, render_report, summarise_runs
 
 runner = CliRunner()
 PLOTLY_BANNER = "plotly.js v"  # the licence banner at the top of the inlined library

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from attnres_probe.claims import claims_for_folder, find_runs, marked_block
 from attnres_probe.cli import app
 from attnres_probe.store import SCHEMA_VERSION, open_run
+from attnres_probe.tools.claims import claims_for_folder, find_runs, marked_block
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "sample_runs"

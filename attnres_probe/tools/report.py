@@ -19,10 +19,11 @@ from typing import Any
 
 import xarray as xr
 
-from attnres_probe import figures, prune_path
+from attnres_probe import figures
 from attnres_probe.analysis.select import AnalysisError
 from attnres_probe.analysis.summary import run_summary
 from attnres_probe.checkpoint import checkpoint_facts
+from attnres_probe.tools import prune_path
 
 # What each figure shows and what to look for; shown under its heading.
 CAPTIONS = {

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from attnres_probe import prune_path
 from attnres_probe.analysis import depth, dilution, gradients, pruning
 from attnres_probe.analysis.select import AnalysisError, snapshot
 from attnres_probe.figures import site_labels
+from attnres_probe.tools import prune_path
 
 KIND_ORDER = ("baseline", "full", "block")
 ATTNRES_KINDS = ("full", "block")

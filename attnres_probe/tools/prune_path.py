@@ -48,7 +48,7 @@ def path(ds: xr.Dataset) -> xr.Dataset:
     if missing:
         raise AnalysisError(
             f"run {run_name(ds)!r} has no greedy pruning path; make it with "
-            "attnres_probe.prune_path.prune_path(RUN)"
+            "attnres_probe.tools.prune_path.prune_path(RUN)"
         )
     base = float(pruning_results(ds, "layer")["prune_base_loss"])
     loss = np.asarray(ds["prune_path_loss"].values, dtype=float)

@@ -163,7 +163,7 @@ def train_kinds(cfg: DemoConfig, progress: DemoProgress, corpus) -> dict[str, Pa
 def prune_kinds(cfg: DemoConfig, runs: dict[str, Path], progress: DemoProgress) -> None:
     """Single-layer pruning sensitivity and the greedy pruning path of every run, stored."""
     from attnres_probe.analysis.pruning import prune_run
-    from attnres_probe.prune_path import prune_path
+    from attnres_probe.tools.prune_path import prune_path
 
     total = 2 * cfg.layers + 1  # intact model, each layer alone, then the greedy path
     for kind, run_dir in runs.items():
@@ -181,7 +181,7 @@ def prune_kinds(cfg: DemoConfig, runs: dict[str, Path], progress: DemoProgress) 
 def run_demo(cfg: DemoConfig | None = None, progress: DemoProgress | None = None) -> DemoResult:
     """Train, prune and report as ``cfg`` says; returns the runs, the report and headlines."""
     from attnres_probe.data import ByteCorpus
-    from attnres_probe.report import render_report, summarise_runs
+    from attnres_probe.tools.report import render_report, summarise_runs
 
     cfg = cfg or DemoConfig()
     progress = progress or DemoProgress()

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/store_bench.py [--steps 100000] [--sublayers 96]
         [--save benchmarks/results/store_bench.txt]
 
-Append: the full schema (every variable of DESIGN.md §4, plus the model-output op) for a
+Append: the full schema (every variable of the run schema, plus the model-output op) for a
 run of ``--sublayers`` sublayers whose depth weights span 16 sources (Block AttnRes with
 14 blocks: embedding, 14 blocks, partial sum), through ``RunWriter``
 with its default flush size; the figure is wall time of append() calls (flushes included)

@@ -4,7 +4,7 @@ A recorded step is one row of a device-side float32 buffer (the *sums*) plus one
 host-side int64 array (the *counts*: element and token counts known from shapes, and how many
 times a backward hook fired). Hooks only ever add into views of the current row, so recording
 never syncs the device; :meth:`RowLayout.variables` turns whole flushes of rows into the run
-variables of DESIGN.md §4 on the host, once per flush.
+run variables (the store's schema) on the host, once per flush.
 
 Sites: ``n_sites = n_sublayers + 1``; site ``l < n_sublayers`` is the input of sublayer ``l``,
 site ``n_sublayers`` the model output (the final norm, or the output AttnRes op).

@@ -23,6 +23,7 @@ from torch import nn
 
 from attnres_probe.hooks.errors import ProbeStoreError, ProbeWarning
 from attnres_probe.hooks.layout import ProbeShape
+from attnres_probe.store.schema import schema_coords
 
 __all__ = ["RunSink", "run_coords", "run_attrs"]
 
@@ -91,16 +92,8 @@ class RunSink:
 
 
 def run_coords(shape: ProbeShape) -> dict[str, Any]:
-    """The run's coordinates: sublayer (with kind, layer_of), layer, source."""
-    coords: dict[str, Any] = {
-        "sublayer": np.arange(shape.n_sublayers),
-        "kind": ("sublayer", np.array(shape.kinds, dtype=object)),
-        "layer_of": ("sublayer", np.asarray(shape.layer_of, dtype=np.int64)),
-        "layer": np.arange(shape.n_layers),
-    }
-    if shape.n_sources:
-        coords["source"] = np.array(shape.source_names, dtype=object)
-    return coords
+    """The run's coordinates for a probed model (the store's ``schema_coords``)."""
+    return schema_coords(shape.n_layers, shape.source_names, shape.kinds, shape.layer_of)
 
 
 def run_attrs(module: nn.Module, shape: ProbeShape, native: bool) -> dict[str, Any]:

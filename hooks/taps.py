@@ -252,7 +252,7 @@ class NativeTaps:
             kinds=tuple("attn" if index % 2 == 0 else "mlp" for index in range(n_sub)),
             n_layers=cfg.n_layers,
             source_names=tuple(cfg.source_names),
-            source_mask=source_mask(cfg) if cfg.source_names else None,
+            source_mask=cfg.source_mask() if cfg.source_names else None,
             grad_from_norm=cfg.residual == "baseline",
         )
         queries = getattr(model, "depth_queries", None)
@@ -317,22 +317,6 @@ class NativeTaps:
         for name in slots.SLOTS:
             row.sums[name].add_(getattr(slots, name))
         slots.sums.zero_()
-
-
-def source_mask(cfg: Any) -> np.ndarray:
-    """[n_sublayers + 1, n_sources] bool: which depth sources exist at each AttnRes site."""
-    n_sub, names = cfg.n_sublayers, cfg.source_names
-    mask = np.zeros((n_sub + 1, len(names)), dtype=bool)
-    if cfg.residual == "full":
-        for site in range(n_sub + 1):
-            mask[site, : site + 1] = True  # the embedding and every earlier sublayer
-    else:  # block: completed blocks, plus the partial sum after a block's first sublayer
-        per_block = cfg.sublayers_per_block
-        for site in range(n_sub):
-            mask[site, : site // per_block + 1] = True
-            mask[site, -1] = site % per_block > 0
-        mask[n_sub, : cfg.n_blocks + 1] = True
-    return mask
 
 
 class ModuleTaps:

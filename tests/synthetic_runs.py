@@ -9,25 +9,18 @@ import numpy as np
 import xarray as xr
 
 from attnres_probe.models.config import ModelConfig
+from attnres_probe.store.schema import SCHEMA_VERSION, schema_coords
 
 
 def schema_dataset(cfg: ModelConfig, steps, variables: dict, name: str = "run") -> xr.Dataset:
     """A Dataset shaped like ``open_run``'s: ``variables`` maps name -> (dims, values)."""
-    n_sub = cfg.n_sublayers
-    coords = {
-        "step": np.asarray(steps, dtype=np.int64),
-        "sublayer": np.arange(n_sub),
-        "kind": ("sublayer", np.array(["attn", "mlp"] * cfg.n_layers, dtype=object)),
-        "layer_of": ("sublayer", np.arange(n_sub) // 2),
-        "layer": np.arange(cfg.n_layers),
-    }
-    if cfg.source_names:
-        coords["source"] = np.array(cfg.source_names, dtype=object)
+    coords = {"step": np.asarray(steps, dtype=np.int64)}
+    coords |= schema_coords(cfg.n_layers, cfg.source_names)
     attrs = {
         "model_config": json.dumps(cfg.to_dict()),
         "residual": cfg.residual,
         "n_layers": cfg.n_layers,
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "run_name": name,
         "status": "finished",
     }

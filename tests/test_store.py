@@ -44,22 +44,15 @@ def _attrs(**extra):
 def _values(step: int) -> dict[str, np.ndarray]:
     """A full-schema step whose every value is a known function of ``step``."""
     rng = np.random.default_rng(step)
-    n_sub = 2 * N_LAYERS
-    weights = rng.random((n_sub, len(SOURCES))).astype(np.float32)
-    weights[np.triu_indices(n_sub, 1, len(SOURCES))] = np.nan
-    return {
-        "loss": np.float32(5.0 - 0.01 * step),
-        "hidden_rms": rng.random(n_sub).astype(np.float32),
-        "update_rms": rng.random(n_sub).astype(np.float32),
-        "grad_norm": rng.random(n_sub).astype(np.float32),
-        "param_grad_norm": rng.random(N_LAYERS).astype(np.float32),
-        "depth_weights": weights,
-        "depth_entropy": rng.random(n_sub).astype(np.float32),
-        "cos_in_out": rng.random(N_LAYERS).astype(np.float32),
-        "nonfinite": np.float32(step % 3),
-        "depth_weights_out": rng.random(len(SOURCES)).astype(np.float32),
-        "depth_entropy_out": np.float32(step),
+    sizes = {"sublayer": 2 * N_LAYERS, "layer": N_LAYERS, "source": len(SOURCES)}
+    values = {
+        name: rng.random([sizes[d] for d in dims[1:]]).astype(np.float32)
+        for name, dims in SCHEMA_VARIABLES.items()
     }
+    values["depth_weights"][np.triu_indices(2 * N_LAYERS, 1, len(SOURCES))] = np.nan
+    values["loss"] = np.float32(5.0 - 0.01 * step)
+    values["nonfinite"] = np.float32(step % 3)
+    return values
 
 
 def _writer(path, **kwargs) -> RunWriter:

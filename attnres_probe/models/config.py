@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 RESIDUAL_KINDS = ("baseline", "full", "block")
 
 
@@ -83,6 +85,32 @@ class ModelConfig:
         if self.residual == "block":
             return ["emb"] + [f"block{b + 1}" for b in range(self.n_blocks)] + ["partial"]
         return []
+
+    def sources_at(self, site: int) -> tuple[int, ...]:
+        """Columns of ``source_names`` that the AttnRes op at ``site`` attends over, in the order
+        the op receives them (site ``n_sublayers``: the model output; baseline: none).
+
+        Full: the embedding and every earlier sublayer output. Block: the completed blocks
+        (the embedding first) and, after a block's first sublayer, the partial sum (last column).
+        """
+        if not 0 <= site <= self.n_sublayers:
+            raise ValueError(f"site={site} is outside 0..{self.n_sublayers}")
+        if self.residual == "full":
+            return tuple(range(site + 1))
+        if self.residual == "block":
+            if site == self.n_sublayers:
+                return tuple(range(self.n_blocks + 1))
+            per_block = self.sublayers_per_block
+            completed = tuple(range(site // per_block + 1))
+            return completed + ((self.n_blocks + 1,) if site % per_block else ())
+        return ()
+
+    def source_mask(self) -> np.ndarray:
+        """[n_sublayers + 1, n_sources] bool: True where the source exists at that site."""
+        mask = np.zeros((self.n_sublayers + 1, len(self.source_names)), dtype=bool)
+        for site in range(self.n_sublayers + 1):
+            mask[site, list(self.sources_at(site))] = True
+        return mask
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

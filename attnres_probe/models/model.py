@@ -172,14 +172,10 @@ class Transformer(nn.Module):
         B, T = idx.shape
         out = torch.full((len(captured), len(names), B, T), float("nan"))
         for site, w in enumerate(captured):
-            w = w.float().cpu()
-            if self.cfg.residual == "block" and site < self.cfg.n_sublayers:
-                n_blocks = w.shape[0] - 1  # phase 2 returns the partial sum's row last
-                out[site, :n_blocks] = w[:n_blocks]
-                if site % self.cfg.sublayers_per_block:
-                    out[site, -1] = w[-1]
-            else:
-                out[site, : w.shape[0]] = w
+            # An op's weight rows are its sources in order (Block phase 2 always returns the
+            # partial sum's row last, zero where the block has no partial sum yet).
+            columns = list(self.cfg.sources_at(site))
+            out[site, columns] = w.float().cpu()[: len(columns)]
         return out
 
 

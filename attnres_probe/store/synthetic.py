@@ -14,29 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attnres_probe.store.schema import SCHEMA_VARIABLES, schema_coords
+from attnres_probe.store.schema import recorded_variables, schema_coords
 from attnres_probe.store.writer import RunWriter
 
 if TYPE_CHECKING:
     from attnres_probe.models.config import ModelConfig
-
-
-def recorded_variables(cfg: ModelConfig) -> dict[str, tuple[str, ...]]:
-    """The schema's variables a model of ``cfg`` records (no depth variables for baselines)."""
-    return {
-        name: dims
-        for name, dims in SCHEMA_VARIABLES.items()
-        if cfg.residual != "baseline" or not name.startswith("depth_")
-    }
-
-
-def visible_sources(cfg: ModelConfig) -> np.ndarray:
-    """[n_sublayers + 1, n_sources] True where a reader (a sublayer, then the output) attends
-    over a source: Full AttnRes reader r sees sources 0..r; Block AttnRes, all columns."""
-    n_sub, n_src = cfg.n_sublayers, len(cfg.source_names)
-    if cfg.residual == "full":
-        return np.arange(n_src)[None, :] <= np.arange(n_sub + 1)[:, None]
-    return np.ones((n_sub + 1, n_src), dtype=bool)
 
 
 def step_values(
@@ -46,6 +28,17 @@ def step_values(
     n_sub, n_layers = cfg.n_sublayers, cfg.n_layers
     depth = np.arange(1, n_sub + 1, dtype=np.float32)
     grows = cfg.residual == "baseline"
+    layer_depth = np.arange(1, n_layers + 1, dtype=np.float32)
+    if grows:  # the stream after each layer grows; the earliest layers get the largest gradient
+        layer_out = np.sqrt(layer_depth)
+        layer_grad = 1.0 + 2.0 / layer_depth
+    elif cfg.residual == "block":  # a block's partial sum rises within the block, then restarts
+        per_block = max(1, cfg.sublayers_per_block // 2)
+        layer_out = 0.6 + 0.2 * (np.arange(n_layers) % per_block)
+        layer_grad = np.ones(n_layers)
+    else:
+        layer_out = np.full(n_layers, 0.7)
+        layer_grad = np.ones(n_layers)
     values = {
         "loss": np.float32(5.5 - 3.0 * i / max(1, n_steps) + 0.05 * rng.random()),
         "hidden_rms": (np.sqrt(depth) if grows else np.ones(n_sub)) * (1 + 0.05 * rng.random()),
@@ -53,10 +46,12 @@ def step_values(
         "grad_norm": (1.0 / depth if grows else np.ones(n_sub)) * (1 + 0.1 * rng.random(n_sub)),
         "param_grad_norm": 0.1 + rng.random(n_layers),
         "cos_in_out": 0.9 - 0.1 * rng.random(n_layers),
+        "layer_output_rms": layer_out * (1 + 0.05 * rng.random(n_layers)),
+        "layer_grad_norm": layer_grad * (1 + 0.1 * rng.random(n_layers)),
         "nonfinite": np.float32(0),
     }
     if cfg.residual != "baseline":
-        ok = visible_sources(cfg)
+        ok = cfg.source_mask()
         logits = np.where(ok, rng.normal(size=ok.shape), -np.inf)
         w = np.exp(logits - logits.max(1, keepdims=True))
         w = np.where(ok, w / w.sum(1, keepdims=True), np.nan)
@@ -66,6 +61,8 @@ def step_values(
             "depth_entropy": entropy[:n_sub],
             "depth_weights_out": w[n_sub],
             "depth_entropy_out": np.float32(entropy[n_sub]),
+            "query_grad_norm": 0.01 + 0.01 * rng.random(n_sub),
+            "query_grad_norm_out": np.float32(0.01 + 0.01 * rng.random()),
         }
     return values
 
@@ -88,7 +85,7 @@ def open_writer(
     run_attrs |= attrs or {}
     return RunWriter(
         run_dir,
-        variables=recorded_variables(cfg),
+        variables=recorded_variables(cfg.residual),
         coords=schema_coords(cfg.n_layers, cfg.source_names),
         attrs=run_attrs,
         flush_every=flush_every,

@@ -44,6 +44,7 @@ from attnres_probe.store.schema import (
     compressors,
     dims_of,
     run_error,
+    variable_attrs,
 )
 from attnres_probe.store.statics import (
     check_name,
@@ -190,7 +191,7 @@ class RunWriter:
 
     def _step_array(self, name: str, dims, dtype, fill, array_role: str):
         shape = tuple(self._sizes[d] for d in dims[1:])
-        attrs: dict[str, Any] = {ROLE_KEY: array_role}
+        attrs: dict[str, Any] = {ROLE_KEY: array_role, **variable_attrs(name)}
         non_dim = [c for c, (cd, _) in self._coords.items() if c not in cd and set(cd) <= set(dims)]
         if non_dim:  # plain xarray then sees kind / layer_of as coordinates too
             attrs["coordinates"] = " ".join(non_dim)

@@ -109,6 +109,31 @@ def test_a_reader_sees_the_old_recording_or_the_new_one_never_a_mix(tmp_path):
     assert sorted(p.name for p in run.iterdir()) == ["recording.zarr"]  # nothing left beside
 
 
+@pytest.mark.parametrize("delay", [0.0, 0.004, 0.011])
+def test_a_writer_killed_while_replacing_a_run_leaves_one_recording_and_no_debris(tmp_path, delay):
+    run = tmp_path / "run"
+    _record(run, generation=0, n_steps=7)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", REPLACER, str(run), str(time.time() + 60)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(3):  # a few replacements done, the next one under way
+            assert proc.stdout.readline(), proc.stderr.read()
+        time.sleep(delay)  # land the kill at different points of creating and swapping
+    finally:
+        proc.kill()
+        proc.communicate()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _assert_one_recording(open_run(run)) >= 3
+    _record(run, generation=9, n_steps=2)  # the next writer clears what the killed one left
+    assert sorted(p.name for p in run.iterdir()) == ["recording.zarr"]
+    assert _assert_one_recording(open_run(run)) == 9
+
+
 def test_a_lazily_opened_run_refuses_reads_once_its_recording_is_replaced(tmp_path):
     run = tmp_path / "run"
     _record(run, generation=0, n_steps=7)

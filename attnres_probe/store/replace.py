@@ -128,6 +128,16 @@ def put_in_place(built: str, store: str) -> None:
     shutil.rmtree(built, ignore_errors=True)  # the old recording
 
 
+def clear_leftovers(loc: Location) -> None:
+    """Remove recordings a killed writer left half-built or half-replaced beside the store.
+    Called under the creation lock, so none of them belongs to a writer still at work."""
+    parent, name = os.path.split(loc.store)
+    with contextlib.suppress(OSError), os.scandir(parent or ".") as entries:
+        for entry in entries:
+            if entry.name.startswith(f".{name}.") and entry.name.endswith((".new", ".new.old")):
+                shutil.rmtree(entry.path, ignore_errors=True)
+
+
 def discard(built: str) -> None:
     """Remove a recording that was being built and will not be put in place."""
     shutil.rmtree(built, ignore_errors=True)

@@ -34,7 +34,7 @@ from attnres_probe.store.header import (
     writer_identity,
 )
 from attnres_probe.store.location import Location
-from attnres_probe.store.replace import beside, claim, discard, put_in_place
+from attnres_probe.store.replace import beside, claim, clear_leftovers, discard, put_in_place
 from attnres_probe.store.schema import (
     CHUNK_KEYS,
     CHUNK_MAX_BYTES,
@@ -204,6 +204,7 @@ class RunWriter:
         if loc.fs is not None:
             self._build(loc)
         else:
+            clear_leftovers(loc)
             built = beside(loc, "new")
             try:
                 self._build(loc.bare(built))

@@ -67,19 +67,17 @@ REPLACER = textwrap.dedent(
     import sys, time
     import numpy as np
     from attnres_probe.store import RunWriter
-    path, until = sys.argv[1], float(sys.argv[2])
+    path, count = sys.argv[1], int(sys.argv[2])
     coords = {"sublayer": np.arange(4), "source": np.array(["emb", "a", "b"], object)}
     variables = {"loss": ("step",), "hidden_rms": ("step", "sublayer"),
                  "depth_weights": ("step", "sublayer", "source")}
-    g = 1
-    while time.time() < until:
+    for g in range(1, count + 1):
         with RunWriter(path, variables, coords, {"generation": g}, flush_every=3) as w:
             for s in range(7):
                 base = 1000.0 * g + s
                 w.append(s, {"loss": base, "hidden_rms": base + np.arange(4),
                              "depth_weights": np.full((4, 3), base)})
         print(g, flush=True)
-        g += 1
     """
 )
 
@@ -87,9 +85,8 @@ REPLACER = textwrap.dedent(
 def test_a_reader_sees_the_old_recording_or_the_new_one_never_a_mix(tmp_path):
     run = tmp_path / "run"
     _record(run, generation=0, n_steps=7)
-    until = time.time() + 4.0
     proc = subprocess.Popen(
-        [sys.executable, "-c", REPLACER, str(run), str(until)],
+        [sys.executable, "-c", REPLACER, str(run), "12"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -103,9 +100,9 @@ def test_a_reader_sees_the_old_recording_or_the_new_one_never_a_mix(tmp_path):
     finally:
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    replaced = int(out.split()[-1])
-    assert replaced >= 5 and len(seen) >= 3  # it was replaced many times while read
-    assert _assert_one_recording(open_run(run)) == replaced
+    assert out.split() == [str(g) for g in range(1, 13)]
+    assert len(seen) >= 3  # it was replaced several times while read
+    assert _assert_one_recording(open_run(run)) == 12
     assert sorted(p.name for p in run.iterdir()) == ["recording.zarr"]  # nothing left beside
 
 
@@ -114,7 +111,7 @@ def test_a_writer_killed_while_replacing_a_run_leaves_one_recording_and_no_debri
     run = tmp_path / "run"
     _record(run, generation=0, n_steps=7)
     proc = subprocess.Popen(
-        [sys.executable, "-c", REPLACER, str(run), str(time.time() + 60)],
+        [sys.executable, "-c", REPLACER, str(run), "1000"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -161,21 +158,20 @@ RACER = textwrap.dedent(
     import sys, time
     import numpy as np
     from attnres_probe.store import RunWriter, RunStoreError
-    path, at = sys.argv[1], float(sys.argv[2])
     coords = {"sublayer": np.arange(4), "source": np.array(["emb", "a", "b"], object)}
     variables = {"loss": ("step",), "hidden_rms": ("step", "sublayer"),
                  "depth_weights": ("step", "sublayer", "source")}
-    while time.time() < at:
-        pass
+    print("ready", flush=True)
+    sys.stdin.readline()  # both start creating the moment the test says go
     try:
-        w = RunWriter(path, variables, coords, flush_every=2)
+        w = RunWriter(sys.argv[1], variables, coords, flush_every=2)
     except RunStoreError as err:
         print("refused:", err, flush=True)
         sys.exit(3)
     for s in range(6):
         w.append(s, {"loss": s, "hidden_rms": np.arange(4) + s,
                      "depth_weights": np.full((4, 3), s)})
-    time.sleep(1.0)  # still live while the other one is refused
+    time.sleep(0.5)  # still live while the other one is refused
     w.close()
     print("wrote", flush=True)
     """
@@ -184,32 +180,36 @@ RACER = textwrap.dedent(
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new-path", "replacing-a-run"])
 def test_two_writers_created_at_the_same_instant_one_gets_one_clear_error(tmp_path, existing):
-    for round_ in range(3):
-        run = tmp_path / f"run{round_}"
-        if existing:
-            _record(run, generation=0, n_steps=7)
-        at = time.time() + 1.5  # both spin until then, so their creations overlap
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-c", RACER, str(run), str(at)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(2)
-        ]
-        results = []
-        for p in procs:
-            out, err = p.communicate(timeout=60)
-            results.append((p.pid, p.returncode, out, err))
-        assert sorted(code for _, code, _, _ in results) == [0, 3], results
-        (winner,) = [pid for pid, code, _, _ in results if code == 0]
-        (refusal,) = [out for _, code, out, _ in results if code == 3]
-        assert refusal.startswith(f"refused: run {run}: it is being written by process {winner}")
-        assert refusal.count("\n") == 1
-        assert all(err == "" for *_, err in results), results  # no zarr errors, no futures
-        ds = open_run(run)
-        assert ds.sizes["step"] == 6 and ds.attrs["status"] == "finished"
+    run = tmp_path / "run"
+    if existing:
+        _record(run, generation=0, n_steps=7)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(run)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for p in procs:
+        assert p.stdout.readline() == "ready\n", p.stderr.read()
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        results.append((p.pid, p.returncode, out, err))
+    assert sorted(code for _, code, _, _ in results) == [0, 3], results
+    (winner,) = [pid for pid, code, _, _ in results if code == 0]
+    (refusal,) = [out for _, code, out, _ in results if code == 3]
+    assert refusal.startswith(f"refused: run {run}: it is being written by process {winner}")
+    assert refusal.count("\n") == 1
+    assert all(err == "" for *_, err in results), results  # no zarr errors, no futures
+    ds = open_run(run)
+    assert ds.sizes["step"] == 6 and ds.attrs["status"] == "finished"
 
 
 def test_two_writers_created_at_the_same_instant_in_one_process_one_is_refused(tmp_path):

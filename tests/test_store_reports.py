@@ -67,7 +67,7 @@ def test_repairing_a_run_on_read_only_storage_is_our_error_and_reading_still_wor
         [ATTNRES_PROBE, "info", str(run), "--repair"], capture_output=True, text=True
     )
     assert done.returncode == 1
-    assert done.stderr == f"error: {caught.value}\n" and done.stdout == ""
+    assert done.stderr == f"error: {caught.value}\n" and done.stdout == "", done.stderr
 
 
 def test_info_on_a_damaged_run_prints_one_warning_line_per_problem(tmp_path):

@@ -181,8 +181,10 @@ def _lazy(loc: Location, arr, rows: int, name: str, identity):
 
             def _raw(self, key):
                 self._same_recording()
-                values = self._read(key)
-                self._same_recording()  # replaced while it was read: the values may be mixed
+                try:
+                    values = self._read(key)
+                finally:  # replaced while it was read: the values (or the error) may be mixed
+                    self._same_recording()
                 return values
 
             def _same_recording(self):

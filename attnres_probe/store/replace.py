@@ -123,7 +123,11 @@ def put_in_place(built: str, store: str) -> None:
     if not _exchange(built, store):
         aside = f"{built}.old"
         os.rename(store, aside)
-        os.rename(built, store)
+        try:
+            os.rename(built, store)
+        except OSError:
+            os.rename(aside, store)  # the old recording back in place
+            raise
         built = aside
     shutil.rmtree(built, ignore_errors=True)  # the old recording
 

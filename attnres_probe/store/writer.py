@@ -392,6 +392,8 @@ class RunWriter:
             ) from None
         if step < 0:
             raise run_error(self._loc.shown, f"step {step} is negative", "count steps from 0")
+        if step > np.iinfo(np.int64).max:
+            raise run_error(self._loc.shown, f"step {step} is too large", "store steps < 2**63")
         if self._last_step is not None and step <= self._last_step:
             raise run_error(
                 self._loc.shown,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
 from attnres_probe.cli.common import err_console, library_errors, out_console
 from attnres_probe.cli.main import app
@@ -81,6 +85,26 @@ def _rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+@contextlib.contextmanager
+def warnings_as_lines(run: Path) -> Iterator[None]:
+    """Print the warnings raised inside, once each, as one ``warning: …`` line on stderr when
+    the block succeeds: a partial read gives one line per thing it lost. numpy's notes on
+    statistics of all-NaN data are left out: those statistics show as –."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+    lines: dict[str, None] = {}
+    for w in caught:
+        notes = getattr(w.message, "notes", None)  # RunStoreWarning: what a partial read lost
+        if notes:
+            lines.update({f"run {run} was read in part: {note}": None for note in notes})
+        else:
+            lines[" ".join(str(w.message).split())] = None
+    for line in lines:
+        err_console.print(Text.assemble(("warning:", "yellow"), " ", line), soft_wrap=True)
+
+
 @app.command()
 def info(
     run: Annotated[Path, typer.Argument(help="Run directory (or its .zarr store).")],
@@ -92,9 +116,8 @@ def info(
 ) -> None:
     """Summarise a run: model, steps recorded and its headline depth-dynamics numbers."""
     from rich.table import Table
-    from rich.text import Text
 
-    with library_errors():
+    with library_errors(), warnings_as_lines(run):
         from attnres_probe.analysis.summary import run_summary
         from attnres_probe.checkpoint import checkpoint_facts
         from attnres_probe.store import open_run

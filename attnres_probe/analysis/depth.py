@@ -170,12 +170,13 @@ def mass_received(
     receives Σ_{l ≥ i} 1/(l + 1); a source no consumer reads receives 0. Block AttnRes's
     ``partial`` column sums the weight on every (different) partial sum."""
     w = depth_weights(ds, include_output=True)
-    absent = ~w.notnull().any(["step", "sublayer"])
-    mass = w.fillna(0.0).sum("sublayer").where(~absent)
-    mass = mass.assign_attrs(long_name="depth-attention mass received", units="weight")
-    if fraction is None:
-        return mass
-    return snapshot(mass, step, fraction)
+    if fraction is not None:  # the window first: a long run's other steps are never read
+        w = snapshot(w, step, fraction)
+    present = w.notnull().any([d for d in w.dims if d != "source"])
+    mass = w.fillna(0.0).sum("sublayer").where(present)
+    return mass.assign_attrs(
+        long_name="depth-attention mass received", units="weight", steps=w.attrs.get("steps", "")
+    )
 
 
 def source_sublayer(ds: xr.Dataset) -> xr.DataArray:

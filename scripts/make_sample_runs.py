@@ -3,13 +3,13 @@
     .venv/bin/python scripts/make_sample_runs.py [--out sample_runs] [--jobs 2] [--only block-s1]
 
 Each run is trained by the project's training loop with the probe attached (recording every
-10 steps), then pruned on 32 held-out batches — each layer and (Block AttnRes) each block alone
+4 steps), then pruned on 32 held-out batches — each layer and (Block AttnRes) each block alone
 for every run, each sublayer alone for seed 0 of each kind, with every removal the kind has
 (mask and zero for AttnRes, zero for the baseline) — and given its greedy pruning path. Per run
 this is the same as
 
     attnres-probe train --residual KIND --layers 32 --d-model 64 --n-heads 4 --n-blocks 8 \
-        --steps 1000 --batch-size 8 --seq-len 64 --lr 3e-3 --seed SEED --every 10 --out RUN
+        --steps 1000 --batch-size 8 --seq-len 64 --lr 3e-3 --seed SEED --every 4 --out RUN
     attnres-probe prune RUN --batches 32 --granularity G --removal R   # each G and R above
     python -c "from attnres_probe.tools.prune_path import prune_path; prune_path('RUN')"
 
@@ -33,7 +33,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 MODEL = {"n_layers": 32, "d_model": 64, "n_heads": 4, "n_blocks": 8, "max_seq_len": 64}
-TRAIN = {"steps": 1000, "batch_size": 8, "seq_len": 64, "lr": 3e-3, "record_every": 10}
+# Every 4 steps: 250 recorded steps fill one 256-step store chunk, which is written whole
+# however few steps it holds, so the finer record costs no disk.
+TRAIN = {"steps": 1000, "batch_size": 8, "seq_len": 64, "lr": 3e-3, "record_every": 4}
 PRUNE_BATCHES = 32
 SUBLAYER_SEEDS = (0,)  # seeds pruned sublayer by sublayer too
 CHECKPOINT_DTYPE = "bfloat16"

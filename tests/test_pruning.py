@@ -340,7 +340,7 @@ def _random_model(residual: str, **sizes):
     cfg = ModelConfig(residual=residual, d_model=16, n_heads=2, max_seq_len=16, **sizes)
     model = build_model(cfg).eval()
     with torch.no_grad():  # trained-like depth queries: far from the uniform start
-        for q in model.depth_queries:
+        for q in getattr(model, "depth_queries", []):
             q.query.normal_(0.0, 1.0)
             q.key_scale.uniform_(0.5, 1.5)
     return model, torch.randint(0, cfg.vocab_size, (2, 12))

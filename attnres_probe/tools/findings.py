@@ -105,34 +105,46 @@ def _layer_output(datasets):
     return text
 
 
-def _over_training(datasets, series, what, digits=2):
+def _over_training(datasets, series: dict[str, Callable[[xr.Dataset], xr.DataArray]], what):
+    """'what, first → last recorded step: of A: run 1.00 → 0.50; of B: …' for every series
+    (a label -> measure over steps) some run has."""
     parts = []
-    for name, ds in datasets.items():
-        try:
-            values = np.asarray(series(ds).values, dtype=float)
-        except AnalysisError:
-            continue
-        finite = values[np.isfinite(values)]
-        if finite.size:
-            parts.append(f"{name} {_fmt(finite[0], digits)} → {_fmt(finite[-1], digits)}")
+    for label, measure in series.items():
+        found = []
+        for name, ds in datasets.items():
+            try:
+                values = np.asarray(measure(ds).values, dtype=float)
+            except AnalysisError:
+                continue
+            finite = values[np.isfinite(values)]
+            if finite.size:
+                found.append(f"{name} {_fmt(finite[0])} → {_fmt(finite[-1])}")
+        if found:
+            parts.append(f"of {label}: " + ", ".join(found))
     if not parts:
         raise AnalysisError(f"no run has {what}")
-    return f"{what}, first → last recorded step: " + ", ".join(parts) + "."
+    return f"{what}, first → last recorded step, " + "; ".join(parts) + "."
 
 
 def _growth_over_training(datasets):
     return _over_training(
         datasets,
-        lambda ds: dilution.growth_over_training(ds, "layer_output_rms")["exponent"],
-        "output growth exponent",
+        {
+            v: (lambda ds, v=v: dilution.growth_over_training(ds, v)["exponent"])
+            for v in ("layer_output_rms", "hidden_rms")
+        },
+        "growth exponent with depth",
     )
 
 
 def _excess_over_training(datasets):
     return _over_training(
         datasets,
-        lambda ds: gradients.excess_over_training(ds, "layer_grad_norm"),
-        "early-layer excess of layer_grad_norm",
+        {
+            v: (lambda ds, v=v: gradients.excess_over_training(ds, v))
+            for v in ("layer_grad_norm", "param_grad_norm")
+        },
+        "early-layer gradient excess",
     )
 
 

@@ -156,6 +156,8 @@ def test_mass_and_gradient_correlation_is_spearmans_rho(tmp_path):
     grads = ds["grad_norm"].values[-1]
     np.testing.assert_allclose(both["mass_received"].values, weights, rtol=1e-5)
     assert both.attrs["spearman"] == pytest.approx(spearmanr(weights[1:], grads).statistic)
+    over = depth.mass_gradient_over_training(ds)
+    assert over.sizes["step"] == 5 and float(over[-1]) == pytest.approx(both.attrs["spearman"])
 
 
 def test_weights_by_kind_split_pre_attn_and_pre_mlp_rows_by_consumer_layer():

@@ -14,7 +14,13 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from attnres_probe.analysis.select import DEFAULT_FRACTION, AnalysisError, require, snapshot
+from attnres_probe.analysis.select import (
+    DEFAULT_FRACTION,
+    AnalysisError,
+    require,
+    snapshot,
+    windows,
+)
 from attnres_probe.analysis.stats import spearman
 
 
@@ -239,6 +245,30 @@ def mass_and_gradient(
         "steps": mass.attrs.get("steps", ""),
     }
     return out
+
+
+def mass_gradient_over_training(ds: xr.Dataset, window: int | None = None) -> xr.DataArray:
+    """Spearman ρ of mass received vs source gradient (see :func:`mass_and_gradient`) at
+    every recorded step, or of the means over each ``window`` of recorded steps [step]."""
+    require(ds, "grad_norm")
+    mass = windows(mass_received(ds, fraction=None), window)
+    grads = windows(ds["grad_norm"], window)
+    index = source_sublayer(ds).values
+    has = index >= 0
+    rho = [
+        spearman(m[has], g[index[has]])
+        for m, g in zip(
+            np.asarray(mass.transpose("step", "source").values, dtype=float),
+            np.asarray(grads.transpose("step", "sublayer").values, dtype=float),
+            strict=True,
+        )
+    ]
+    return xr.DataArray(
+        np.asarray(rho),
+        dims="step",
+        coords={"step": mass["step"]},
+        attrs={"long_name": "Spearman ρ, mass received vs source gradient", "units": "1"},
+    )
 
 
 # ----------------------------------------------------------------------------- layouts

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from kernel_checks import assert_close, fresh_seed
+from kernel_checks import DEVICE, assert_close, fresh_seed
 
 from attnres_probe import ops
 from attnres_probe.kernels import dispatch_triton, reference
@@ -42,7 +42,7 @@ def _inputs():
 def test_under_bf16_autocast_each_op_returns_the_reference_dtypes_and_unchanged_values(op):
     call = _calls(*_inputs())[op]
     plain = call(dispatch_triton)
-    with torch.autocast("cpu", torch.bfloat16):
+    with torch.autocast(DEVICE.type, torch.bfloat16):
         amp = call(dispatch_triton)
         amp_ref = call(reference)
     for out, out_plain, out_ref in zip(amp, plain, amp_ref, strict=True):
@@ -54,7 +54,7 @@ def test_under_bf16_autocast_each_op_returns_the_reference_dtypes_and_unchanged_
 def test_forcing_triton_sends_cpu_tensors_through_the_interpreted_kernels(monkeypatch):
     calls = []
     monkeypatch.setattr(dispatch_triton, "attnres", lambda *a: calls.append(a) or ("out", "w"))
-    sources, query = torch.randn(3, 4, 8), torch.randn(8)
+    sources, query = torch.randn(3, 4, 8, device="cpu"), torch.randn(8, device="cpu")
     monkeypatch.setenv("ATTNRES_PROBE_KERNELS", "triton")
     assert ops.kernel_backend(sources) == "triton"
     assert ops.attnres(sources, query) == ("out", "w") and len(calls) == 1
@@ -71,7 +71,7 @@ def test_ops_statistics_on_triton_equal_the_reference_backend(monkeypatch):
     sums = {}
     for backend in ("triton", "reference"):
         monkeypatch.setenv("ATTNRES_PROBE_KERNELS", backend)
-        slots = ops.StatsSlots(n_sites=2, n_sources=6)
+        slots = ops.StatsSlots(n_sites=2, n_sources=6, device=DEVICE)
         with ops.recording(slots):
             ops.attnres(sources, query, site=1)
         sums[backend] = slots
@@ -102,7 +102,7 @@ def test_norm_gradient_statistic_is_settled_for_streams_and_hooked_for_leaves(
     x = torch.randn(3, 5, 16, requires_grad=True)
     weight = torch.randn(16)
     upstream = [torch.randn(3, 5, 16) for _ in range(3)]
-    slots = ops.StatsSlots(n_sites=2, n_sources=1, norm_grads=norm_grads)
+    slots = ops.StatsSlots(n_sites=2, n_sources=1, device=DEVICE, norm_grads=norm_grads)
     with ops.recording(slots):
         h = x * 2  # a stream (non-leaf): its gradient is retained and reduced at settle()
         y_h = ops.rms_norm(h, weight, site=0)

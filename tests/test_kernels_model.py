@@ -4,7 +4,7 @@ import contextlib
 
 import pytest
 import torch
-from kernel_checks import fresh_seed, rel_err
+from kernel_checks import DEVICE, fresh_seed, rel_err
 from torch.utils.checkpoint import checkpoint
 
 from attnres_probe import ops
@@ -33,9 +33,9 @@ def _run(model, idx, backend, monkeypatch, *, use_checkpoint=False, autocast=Fal
     """(logits, {parameter: grad}, StatsSlots) of one recorded forward + backward."""
     monkeypatch.setenv("ATTNRES_PROBE_KERNELS", backend)
     cfg = model.cfg
-    slots = ops.StatsSlots(cfg.n_sublayers + 1, max(1, len(cfg.source_names)))
+    slots = ops.StatsSlots(cfg.n_sublayers + 1, max(1, len(cfg.source_names)), DEVICE)
     model.zero_grad(set_to_none=True)
-    amp = torch.autocast("cpu", torch.bfloat16) if autocast else contextlib.nullcontext()
+    amp = torch.autocast(DEVICE.type, torch.bfloat16) if autocast else contextlib.nullcontext()
     with ops.recording(slots), amp:
         logits = checkpoint(model, idx, use_reentrant=False) if use_checkpoint else model(idx)
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), idx.flatten())
@@ -118,7 +118,7 @@ def test_recording_open_through_a_checkpointed_backward_gives_the_plain_means(ki
     cfg = model.cfg
 
     def recorded(use_checkpoint):
-        slots = ops.StatsSlots(cfg.n_sublayers + 1, max(1, len(cfg.source_names)))
+        slots = ops.StatsSlots(cfg.n_sublayers + 1, max(1, len(cfg.source_names)), DEVICE)
         model.zero_grad(set_to_none=True)
         with ops.recording(slots):
             logits = checkpoint(model, idx, use_reentrant=False) if use_checkpoint else model(idx)

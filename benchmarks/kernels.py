@@ -661,6 +661,9 @@ def main(argv: list[str] | None = None) -> int:
     for shape, ops_, stats_modes in plan:
         for case in make_cases(shape, device, dtype, ops_, with_compile):
             report.rows += time_case(case, timer, copy_gbps, stats_modes)
+            if args.out:  # after every case: a run stopped part-way keeps what it measured
+                report.header = header(device, copy_gbps, main_shape, args.dry_run)
+                write(report, args.out)
             torch.cuda.empty_cache() if device.type == "cuda" else None
     if not args.no_step:
         runs = [

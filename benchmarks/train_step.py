@@ -64,6 +64,7 @@ class Variant:
     graphs: int | None = None  # made by dynamo during the warm-up (compiled only)
     breaks: int | None = None  # graph breaks taken during the warm-up
     timed_graphs: int = 0  # made in a timed step: recompiles the warm-up did not settle
+    warmup_s: float | None = None  # wall time of building and warming up (compiling) it
 
     @property
     def name(self) -> str:
@@ -139,19 +140,23 @@ def _error(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0][:160] if lines else ''}"
 
 
-def run_size(layers: int, d_model: int, args, plan: list[tuple[str, bool]]) -> list[Variant]:
-    """Build, warm up and time every variant of one model size."""
+def run_size(
+    layers: int, d_model: int, args, progress: Callable[[list[dict]], None]
+) -> list[Variant]:
+    """Build, warm up and time every variant of one model size; ``progress`` is given the
+    table rows of this size after each warm-up and after the timing."""
     device = torch.device(args.device)
     torch._dynamo.reset()  # compiled code of another size never serves this one
     torch.manual_seed(0)
     batch = torch.randint(0, 256, (args.batch, args.seq + 1), device=device)
     variants: list[Variant] = []
     for mode in args.modes:
-        for kind, stats in plan:
+        for kind, stats in args.plan:
             v = Variant(kind, stats, mode)
             variants.append(v)
             cfg = config(kind, layers, d_model, args)
             torch.manual_seed(0)
+            warmup_started = time.perf_counter()
             try:
                 with device:
                     model = build_model(cfg)
@@ -165,8 +170,10 @@ def run_size(layers: int, d_model: int, args, plan: list[tuple[str, bool]]) -> l
                     v.graphs, v.breaks = graphs - graphs0, breaks - breaks0
             except Exception as err:  # report it in the table; measure the others
                 v.error, v.step = _error(err), None
-            print(f"  warmed up {layers}L d{d_model} {mode} {v.name}: {v.error or 'ok'}",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            v.warmup_s = time.perf_counter() - warmup_started
+            print(f"  warmed up {layers}L d{d_model} {mode} {v.name} in {v.warmup_s:.0f} s: "
+                  f"{v.error or 'ok'}", file=sys.stderr, flush=True)  # fmt: skip
+            progress(rows_for(layers, d_model, variants, device.type))
     live = [v for v in variants if v.step is not None]
     clock = time.perf_counter if device.type == "cuda" else time.process_time
     rng = random.Random(0)
@@ -193,6 +200,7 @@ def run_size(layers: int, d_model: int, args, plan: list[tuple[str, bool]]) -> l
                 live.remove(v)
         if args.budget and time.perf_counter() - started > args.budget:
             break
+    progress(rows_for(layers, d_model, variants, device.type))
     return variants
 
 
@@ -231,6 +239,7 @@ def rows_for(layers: int, d_model: int, variants: list[Variant], device_type: st
                 "graphs": v.graphs,
                 "graph_breaks": v.breaks,
                 "graphs_while_timed": v.timed_graphs,
+                "warmup_s": v.warmup_s,
                 "error": v.error,
             }
         )
@@ -279,8 +288,8 @@ def markdown(rows: list[dict], args, argv: list[str], elapsed: float) -> str:
     lines = head + [
         "",
         "| layers | d_model | mode | variant | ms/step | rounds | × baseline | target "
-        "| × without stats | graphs / breaks | note |",
-        "|---:|---:|---|---|---:|---:|---:|---|---:|---|---|",
+        "| × without stats | warm-up s | graphs / breaks | note |",
+        "|---:|---:|---|---|---:|---:|---:|---|---:|---:|---|---|",
     ]
     for r in rows:
         target = ""
@@ -293,7 +302,8 @@ def markdown(rows: list[dict], args, argv: list[str], elapsed: float) -> str:
         lines.append(
             f"| {r['layers']} | {r['d_model']} | {r['mode']} | {r['variant']} | "
             f"{fmt(r['ms'], '.1f')} | {r['rounds']} | {ratio + '×' if ratio else ''} | {target} | "
-            f"{fmt(r['x_without_stats'], '.3f')} | {compiled} | {r['error']} |"
+            f"{fmt(r['x_without_stats'], '.3f')} | {fmt(r['warmup_s'], '.0f')} | {compiled} | "
+            f"{r['error']} |"
         )
     lines += [
         "",
@@ -360,19 +370,24 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
     started = time.perf_counter()
+    device_type = torch.device(args.device).type
     rows: list[dict] = []
+
+    def write(current: list[dict]) -> None:
+        """The tables so far: a run stopped part-way keeps what it has."""
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(markdown(current, args, argv, time.perf_counter() - started))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            data = {"dry_run": args.dry_run, "rows": current}
+            args.json.write_text(json.dumps(data, indent=1) + "\n")
+
     for layers in args.layers:
         for d_model in args.d_model:
-            variants = run_size(layers, d_model, args, args.plan)
-            rows += rows_for(layers, d_model, variants, torch.device(args.device).type)
-            text = markdown(rows, args, argv, time.perf_counter() - started)
-            if args.out:  # rewritten after every size: an interrupted run keeps what it has
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(text)
-            if args.json:
-                args.json.parent.mkdir(parents=True, exist_ok=True)
-                args.json.write_text(json.dumps({"dry_run": args.dry_run, "rows": rows}, indent=1))
-            if args.device.startswith("cuda"):
+            variants = run_size(layers, d_model, args, lambda size: write(rows + size))
+            rows.extend(rows_for(layers, d_model, variants, device_type))
+            if device_type == "cuda":
                 torch.cuda.empty_cache()
     print(markdown(rows, args, argv, time.perf_counter() - started))
     return 0

@@ -430,8 +430,13 @@ class Check:
             "targets": check_targets(self.results, self.dry),
         }
         (self.out / "gpu_check.json").write_text(json.dumps(data, indent=1) + "\n")
+
+        def logs_only(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+            """Leave out site/, the wheels a fallback install unpacked."""
+            return None if info.name.split("/")[1:2] == ["site"] else info
+
         with tarfile.open(self.out / "logs.tar.gz", "w:gz") as tar:
-            tar.add(self.work, arcname="gpu_check")
+            tar.add(self.work, arcname="gpu_check", filter=logs_only)
 
 
 # ----------------------------------------------------------------------------- helpers

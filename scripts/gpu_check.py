@@ -236,6 +236,10 @@ class Check:
             rc = run([self.python, "-c", probe])
         self.finish(result, rc, box)
         result.details = {"wheels": [w.name for w in carried], "how": how}
+        if rc != 0 and not carried:
+            result.summary += (
+                f"; no wheels in {wheels}: run scripts/gpu_wheels.sh first and carry the folder"
+            )
         if rc == 0:
             names = ", ".join(w.name.split("-")[0] for w in carried) or "none"
             mode = "pip --dry-run; " if self.dry else ""
@@ -685,7 +689,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--budget", type=float, default=450, help="seconds for all stages")
     p.add_argument("--box-scale", type=float, default=1.0, help="scale every stage's time box")
-    p.add_argument("--only", help=f"comma-separated stages to run, of {','.join(STAGES)}")
+    p.add_argument(
+        "--only",
+        help=f"stages to run, of {','.join(STAGES)} (a fresh machine needs install)",
+    )
     p.add_argument("--parity-k", help="pytest -k expression for the parity stage")
     p.add_argument(
         "--dry-run",

@@ -26,8 +26,7 @@ from attnres_probe.store.schema import (
     RunStoreWarning,
     schema_coords,
 )
-from attnres_probe.store.statics import write_static_variables
-from attnres_probe.store.writer import RunWriter, chunk_length
+from attnres_probe.store.writer import RunWriter, chunk_length, write_static_variables
 
 __all__ = [
     "SCHEMA_VARIABLES",

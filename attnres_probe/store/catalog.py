@@ -9,6 +9,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import fsspec
+
 from attnres_probe.store.header import effective_status, open_group, read_header
 from attnres_probe.store.location import is_url, locate
 from attnres_probe.store.schema import STEP, STORE_NAME, RunNotFoundError, RunStoreError
@@ -98,8 +100,6 @@ def list_runs(root: Any, storage_options: Mapping[str, Any] | None = None) -> li
     cannot be read is listed as 'broken' with the reason: one bad run never hides the others."""
     text = os.fspath(root)
     if is_url(text):
-        import fsspec
-
         fs, base = fsspec.core.url_to_fs(text, **dict(storage_options or {}))
         base = base.rstrip("/")
         runs = [

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import fsspec
 import zarr
 
 from attnres_probe.store.schema import STORE_NAME, RunNotFoundError
@@ -41,8 +42,6 @@ class Location:
         options = dict(storage_options or {})
         fs = None
         if is_url(text):
-            import fsspec
-
             fs, _ = fsspec.core.url_to_fs(text, **options)
         text = text.rstrip("/") or "/"
         if text.endswith(".zarr"):

@@ -10,7 +10,6 @@ an unusable variable is left out — announced by a :class:`RunStoreWarning` and
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
 import warnings
@@ -22,8 +21,10 @@ import numpy as np
 import zarr
 
 from attnres_probe.store import chunkfile
+from attnres_probe.store.damage import describe_spans, metadata_problem, missing_rows
 from attnres_probe.store.header import effective_status, open_group, read_header, writer_alive
 from attnres_probe.store.location import Location, locate
+from attnres_probe.store.repair import repair as repair_store
 from attnres_probe.store.schema import (
     HIDDEN_ATTRS,
     LAZY_BYTES,
@@ -37,36 +38,15 @@ from attnres_probe.store.schema import (
     run_error,
 )
 
+# xarray (with pandas: ~70 MB, ~1 s) is imported where a Dataset is built, not here: every
+# training process imports the store to write its run and never reads one.
 if TYPE_CHECKING:
     import xarray as xr
 
-MAX_CHUNKS = 200_000  # more chunks than this in one array means its metadata is damaged
 MAX_ELEMENTS = 2**31
 
 
 # ----------------------------------------------------------------------------- chunks
-
-
-def missing_rows(loc: Location, name: str, arr, rows: int) -> list[tuple[int, int]]:
-    """Ranges [first, end) along the first dim whose chunk files are missing from array
-    ``name`` (considering rows [0, rows) only; a 0-d array is one chunk)."""
-    chunks = arr.chunks
-    extent = (rows, *arr.shape[1:]) if arr.ndim else ()
-    counts = [math.ceil(e / c) if c else 0 for e, c in zip(extent, chunks, strict=True)]
-    if math.prod(counts) > MAX_CHUNKS:
-        raise RunStoreError(f"{math.prod(counts)} chunks: its chunk metadata is damaged")
-    present = loc.files(name)
-    missing = set()
-    for coords in itertools.product(*(range(c) for c in counts)):
-        if arr.metadata.encode_chunk_key(coords) not in present:
-            first = coords[0] * chunks[0] if coords else 0
-            missing.add((first, min(first + chunks[0], rows) if coords else 0))
-    return sorted(missing)
-
-
-def describe_spans(spans: list[tuple[int, int]]) -> str:
-    shown = [f"{a}–{b - 1}" if b - a > 1 else f"{a}" for a, b in spans[:4]]
-    return ", ".join(shown) + (f" and {len(spans) - 4} more" if len(spans) > 4 else "")
 
 
 def _read_rows(arr, rows: int | None, name: str, notes: list[str]) -> np.ndarray:
@@ -301,20 +281,6 @@ def _dataset(data_vars: dict, coords: dict, attrs: dict, notes: list[str]) -> xr
     return ds
 
 
-def metadata_problem(loc: Location, name: str, err: Exception) -> str:
-    """Why zarr could not open array ``name``: its zarr.json missing, not JSON, or not Zarr
-    array metadata."""
-    raw = loc.read(f"{name}/zarr.json")
-    if raw is None:
-        return "its zarr.json is missing"
-    try:
-        json.loads(raw)
-    except ValueError:
-        return "its zarr.json is not valid JSON (truncated or corrupt)"
-    detail = str(err).splitlines()[0][:160] if str(err) else ""
-    return f"its zarr.json is not usable array metadata ({type(err).__name__}: {detail})"
-
-
 def _read(loc: Location, lazy) -> xr.Dataset:
     header = read_header(loc)
     n = header["n_steps"]
@@ -398,8 +364,6 @@ def open_run(
     """
     loc = locate(path, storage_options)
     if repair and not writer_alive(loc, read_header(loc)):  # a live run needs no repair
-        from attnres_probe.store.repair import repair as repair_store
-
         repair_store(path, storage_options=storage_options)
     try:
         ds = _read(loc, lazy)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from attnres_probe.app.catalog import ROOT_ENV
+from attnres_probe.app.confine import ROOT_ENV
 from attnres_probe.cli import app, cmd_dashboard
 
 runner = CliRunner()

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from attnres_probe.app.catalog import ROOT_ENV
+from attnres_probe.app.confine import ROOT_ENV
 
 DURATION_S = 120.0  # how long every trainer keeps writing while the dashboard reads
 RUNS = {"baseline-a": "baseline", "full": "full", "block": "block", "baseline-b": "baseline"}

@@ -51,4 +51,4 @@ if picked is not None:
             lambda: figures.relative_update(runs, step=step, fraction=1.0), key="relative_update"
         )
 
-    ui.live(body, is_live=row.state == "live", path=path)
+    ui.live(body, is_live=row.status == "live", path=path)

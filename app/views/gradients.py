@@ -26,4 +26,4 @@ if picked is not None:
         runs = {row.name: ui.view(ds, step)}
         ui.chart(lambda: figures.grad_depth(runs, step=step, fraction=1.0), key="grad")
 
-    ui.live(body, is_live=row.state == "live", path=path)
+    ui.live(body, is_live=row.status == "live", path=path)

@@ -6,19 +6,19 @@ from __future__ import annotations
 import streamlit as st
 
 from attnres_probe import figures
-from attnres_probe.app import catalog, ui
+from attnres_probe.analysis.pruning import prune_run
+from attnres_probe.app import ui
+from attnres_probe.app.text import literal
 
 ui.header("Pruning")
 picked = ui.selected(ui.current_rows())
 
 
 def measure(path, granularity: str) -> None:
-    from attnres_probe.analysis.pruning import prune_run
-
     bar = st.progress(0.0, text="starting…")
 
     def progress(done: int, total: int, unit: str) -> None:
-        bar.progress(done / total, text=catalog.literal(f"{done}/{total}: {unit}"))
+        bar.progress(done / total, text=literal(f"{done}/{total}: {unit}"))
 
     try:
         prune_run(path, granularity=granularity, progress=progress, save=True)
@@ -32,7 +32,7 @@ def measure(path, granularity: str) -> None:
 
 if picked is not None:
     row, path = picked
-    choices = ["layer", "sublayer"] + (["block"] if row.kind == "block" else [])
+    choices = ["layer", "sublayer"] + (["block"] if row.residual == "block" else [])
     granularity = (
         st.segmented_control(
             "Remove one", choices, default="layer", key="granularity", bind="query-params"
@@ -44,7 +44,7 @@ if picked is not None:
         lambda: figures.pruning({row.name: ds}, granularity=granularity), key="pruning"
     )
     if not drawn:
-        if row.has_checkpoint:
+        if ui.has_checkpoint(path):
             st.markdown(
                 "Measure it now: the checkpoint is run on held-out batches with each "
                 f"{granularity} zero-ablated in turn; the result is stored in the run."

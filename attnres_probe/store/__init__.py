@@ -10,17 +10,20 @@ A run is a directory (local, or any fsspec URL)::
 
 Write with :class:`RunWriter` (buffered, whole chunks, commit marker after the data), read
 with :func:`open_run` (a consistent prefix of complete steps, also while a run is written),
-list with :func:`list_runs`, mend a crashed writer's leftovers with :func:`repair`. Exactly
-one process writes a run (zarr has no locking): under DDP, rank 0.
+list with :func:`list_runs` (or only find them with :func:`run_paths`), mend a crashed
+writer's leftovers with :func:`repair`. Exactly one process writes a run (zarr has no
+locking): under DDP, rank 0. A reader given ``confine=FOLDER`` reads no file that resolves
+outside that folder (a dashboard's ROOT).
 """
 
-from attnres_probe.store.catalog import RunInfo, list_runs, run_info
+from attnres_probe.store.catalog import RunInfo, list_runs, run_info, run_paths
 from attnres_probe.store.reader import open_run, run_config, store_version
 from attnres_probe.store.repair import RepairReport, repair
 from attnres_probe.store.schema import (
     SCHEMA_VARIABLES,
     SCHEMA_VERSION,
     STORE_NAME,
+    ConfinementError,
     RunNotFoundError,
     RunStoreError,
     RunStoreWarning,
@@ -32,6 +35,7 @@ __all__ = [
     "SCHEMA_VARIABLES",
     "SCHEMA_VERSION",
     "STORE_NAME",
+    "ConfinementError",
     "RepairReport",
     "RunInfo",
     "RunNotFoundError",
@@ -44,6 +48,7 @@ __all__ = [
     "repair",
     "run_config",
     "run_info",
+    "run_paths",
     "schema_coords",
     "store_version",
     "write_static_variables",

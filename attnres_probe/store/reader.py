@@ -91,7 +91,7 @@ def _read_direct(
         lo, hi = max(first, i * length), min(end, (i + 1) * length)
         target = out[lo - first : hi - first]
         try:
-            with open(chunkfile.chunk_path(loc, name, arr, i), "rb") as f:
+            with open(loc.inside(chunkfile.chunk_path(loc, name, arr, i)), "rb") as f:
                 raw = f.read()
         except FileNotFoundError:
             target[...] = np.nan
@@ -242,7 +242,9 @@ def _variable(loc: Location, name: str, arr, dims, n: int, lazy, notes: list[str
             spans = describe_spans(missing)
             notes.append(f"{name}: chunk(s) missing at step index {spans}, read as NaN")
         nbytes = math.prod(extent) * np.dtype(arr.dtype).itemsize
-        if per_step and _is_lazy(lazy, name, nbytes):
+        # Confined, zarr's own reads cannot check each file, so they happen now, right after
+        # locate() checked every file; the direct reads check theirs whenever they come.
+        if per_step and _is_lazy(lazy, name, nbytes) and (not loc.confine or _direct(loc, arr)):
             values = _lazy(loc, arr, rows, name)
         elif per_step and _direct(loc, arr):
             values = _read_direct(loc, name, arr, 0, rows, notes)
@@ -346,6 +348,7 @@ def open_run(
     repair: bool = False,
     lazy: bool | Collection[str] | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    confine: Any = None,
 ) -> xr.Dataset:
     """The recording of a run as an ``xarray.Dataset``, up to its last committed flush.
 
@@ -360,9 +363,11 @@ def open_run(
     :func:`run_config`), residual, n_layers, versions, schema_version, run_name, n_steps,
     status ('running', 'finished', or 'interrupted' when its writer stopped without
     closing), and 'dropped' after a partial read of a damaged store.
+    confine: a local folder (e.g. a dashboard's ROOT) that every file read must resolve
+    inside, symlinks followed; a run with a file outside it is refused (ConfinementError).
     Raises RunStoreError (RunNotFoundError for a wrong path) when the run cannot be read.
     """
-    loc = locate(path, storage_options)
+    loc = locate(path, storage_options, confine)
     if repair and not writer_alive(loc, read_header(loc)):  # a live run needs no repair
         repair_store(path, storage_options=storage_options)
     try:
@@ -397,10 +402,13 @@ def run_config(ds: xr.Dataset) -> dict[str, Any]:
     return config
 
 
-def store_version(path: Any, storage_options: Mapping[str, Any] | None = None) -> str:
+def store_version(
+    path: Any, storage_options: Mapping[str, Any] | None = None, confine: Any = None
+) -> str:
     """A cheap token that changes whenever the run commits a flush, its status or its static
-    variables change (a cache key for dashboards): ``"{n_steps}-{hash of root zarr.json}"``."""
-    loc = locate(path, storage_options)
+    variables change (a cache key for dashboards): ``"{n_steps}-{hash of root zarr.json}"``.
+    ``confine``: as for :func:`open_run`."""
+    loc = locate(path, storage_options, confine)
     raw = loc.read("zarr.json")
     header = read_header(loc, raw)
     return f"{header['n_steps']}-{hashlib.blake2b(raw, digest_size=8).hexdigest()}"

@@ -65,6 +65,7 @@ def run_info(
     name = shown if name is None else name
     try:
         loc = locate(path, storage_options, confine)
+        loc.check_confined()
         header = read_header(loc)
     except ConfinementError as err:
         return RunInfo(name=name, path=shown, status="refused", error=str(err))

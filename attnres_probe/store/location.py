@@ -4,8 +4,9 @@ The few file operations the store needs beyond zarr (existence, raw bytes of ``z
 listings for chunk checks, temp-file clean-up, modification times) on either kind of place.
 
 A local run may be *confined* to a folder (a dashboard's ROOT): then no file of its store is
-read whose path resolves, symlinks followed, outside that folder. :func:`locate` refuses such
-a run whole with :class:`ConfinementError`, and each later read checks its own file again.
+read whose path resolves, symlinks followed, outside that folder. A reader refuses such a run
+whole (:meth:`Location.check_confined`, :class:`ConfinementError`) before it reads any data,
+and each later read checks its own file again.
 """
 
 from __future__ import annotations
@@ -214,19 +215,17 @@ class Location:
 def locate(
     path: Any, storage_options: Mapping[str, Any] | None = None, confine: Any = None
 ) -> Location:
-    """The location of an existing run; RunNotFoundError when there is none at ``path``,
-    ConfinementError when any file of its store resolves outside ``confine``."""
+    """The location of an existing run; RunNotFoundError when there is none at ``path``.
+    With ``confine``, every file the location reads is checked; :meth:`Location.check_confined`
+    checks the whole store at once."""
     loc = Location.of(path, storage_options, confine)
     given_store = loc.shown.rstrip("/").endswith(".zarr")
     if not loc.exists(loc.store if given_store else loc.run_dir):
         raise RunNotFoundError(f"run {loc.shown} does not exist; check the path")
     if loc.is_dir(loc.store):
-        loc.check_confined()
         return loc
     if not given_store and loc.exists(f"{loc.run_dir}/zarr.json"):
-        loc = loc.bare(loc.run_dir)
-        loc.check_confined()
-        return loc
+        return loc.bare(loc.run_dir)
     raise RunNotFoundError(
         f"run {loc.shown} is not a run: it holds no {STORE_NAME}; pass a run directory "
         "written by the probe (or its .zarr store)"

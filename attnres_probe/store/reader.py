@@ -368,6 +368,7 @@ def open_run(
     Raises RunStoreError (RunNotFoundError for a wrong path) when the run cannot be read.
     """
     loc = locate(path, storage_options, confine)
+    loc.check_confined()
     if repair and not writer_alive(loc, read_header(loc)):  # a live run needs no repair
         repair_store(path, storage_options=storage_options)
     try:
@@ -407,7 +408,7 @@ def store_version(
 ) -> str:
     """A cheap token that changes whenever the run commits a flush, its status or its static
     variables change (a cache key for dashboards): ``"{n_steps}-{hash of root zarr.json}"``.
-    ``confine``: as for :func:`open_run`."""
+    ``confine``: the root ``zarr.json``, the one file read, must resolve inside it."""
     loc = locate(path, storage_options, confine)
     raw = loc.read("zarr.json")
     header = read_header(loc, raw)

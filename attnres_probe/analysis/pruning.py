@@ -26,6 +26,7 @@ import xarray as xr
 
 from attnres_probe.analysis.dilution import relative_update
 from attnres_probe.analysis.select import DEFAULT_FRACTION, AnalysisError, require, snapshot
+from attnres_probe.store import open_run, write_static_variables
 
 GRANULARITIES = ("layer", "sublayer", "block")
 # Stored variable name -> what it holds; all on dim `unit` except the 0-d base loss.
@@ -315,8 +316,6 @@ def _run_dir(run: str | Path) -> Path:
 
 def save_results(run_dir: str | Path, results: xr.Dataset) -> None:
     """Write ``results`` into the run store, merged with stored results of other granularities."""
-    from attnres_probe.store import open_run, write_static_variables
-
     run_dir = _run_dir(run_dir)
     try:
         old = pruning_results(open_run(run_dir), None)

@@ -35,7 +35,8 @@ else:
         by_name = {r.name: r for r in rows}
         st.caption(
             "Profiles are averaged over the last 10 % of each run's recorded steps; each run "
-            "keeps its colour in every figure."
+            "keeps its colour in every figure. Per-layer output and gradient magnitude (top) "
+            "draw runs that differ only in seed as their mean with a band over the seeds."
         )
 
         def body() -> None:
@@ -53,6 +54,11 @@ else:
                 st.info("Fewer than two of the chosen runs have recorded steps yet.")
                 return
             ui.chart(lambda: figures.loss(runs), key="cmp_loss")
+            left, right = st.columns(2)
+            with left:
+                ui.chart(lambda: figures.layer_output(tails, fraction=1.0), key="cmp_output")
+            with right:
+                ui.chart(lambda: figures.layer_grad(tails, fraction=1.0), key="cmp_layer_grad")
             left, right = st.columns(2)
             with left:
                 ui.chart(lambda: figures.dilution(tails, fraction=1.0), key="cmp_dilution")

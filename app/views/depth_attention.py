@@ -26,6 +26,20 @@ if picked is not None:
             "Each row is a reader (a sublayer, last row the model output); each column a source "
             "it can attend over. Blank cells are sources that do not exist yet at that depth."
         )
+        layout = (
+            st.segmented_control(
+                "Layout",
+                ["interleaved", "by-kind"],
+                default="interleaved",
+                format_func=lambda v: {
+                    "interleaved": "one row per sublayer",
+                    "by-kind": "Pre-Attn and Pre-MLP panels",
+                }[v],
+                key="layout",
+                bind="query-params",
+            )
+            or "interleaved"
+        )
 
         def body() -> None:
             ds = ui.load(path)
@@ -34,7 +48,10 @@ if picked is not None:
                 return
             step = ui.step_picker(ds)
             runs = {row.name: ui.view(ds, step)}
-            ui.chart(lambda: figures.depth_heatmap(runs, step=step, fraction=1.0), key="heatmap")
+            ui.chart(
+                lambda: figures.depth_heatmap(runs, step=step, fraction=1.0, layout=layout),
+                key="heatmap",
+            )
             ui.chart(lambda: figures.depth_entropy(runs, step=step, fraction=1.0), key="entropy")
 
         ui.live(body, is_live=row.status == "live", path=path)

@@ -10,11 +10,18 @@ last ``fraction`` of recorded steps. ``FIGURES`` maps the CLI names to the funct
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import plotly.graph_objects as go
 
 from attnres_probe.analysis.select import AnalysisError
-from attnres_probe.figures.depth import depth_entropy, depth_heatmap
+from attnres_probe.figures.depth import depth_entropy, depth_heatmap, mass_received
+from attnres_probe.figures.layers import (
+    excess_over_training,
+    growth_over_training,
+    layer_grad,
+    layer_output,
+)
 from attnres_probe.figures.profiles import dilution, grad_depth, loss, relative_update
 from attnres_probe.figures.pruning import pruning
 from attnres_probe.figures.style import OKABE_ITO, Runs, as_runs, run_colours, site_labels
@@ -27,9 +34,14 @@ __all__ = [
     "depth_entropy",
     "depth_heatmap",
     "dilution",
+    "excess_over_training",
     "grad_depth",
+    "growth_over_training",
+    "layer_grad",
+    "layer_output",
     "loss",
     "make_figure",
+    "mass_received",
     "pruning",
     "relative_update",
     "run_colours",
@@ -38,10 +50,17 @@ __all__ = [
 
 FIGURES: dict[str, Callable[..., go.Figure]] = {
     "dilution": dilution,
+    "layer-output": layer_output,
+    "growth-over-training": growth_over_training,
     "relative-update": relative_update,
     "depth-heatmap": depth_heatmap,
+    "depth-heatmap-by-kind": partial(depth_heatmap, layout="by-kind"),
     "depth-entropy": depth_entropy,
+    "mass-received": mass_received,
     "grad-depth": grad_depth,
+    "layer-grad": layer_grad,
+    "layer-param-grad": partial(layer_grad, variable="param_grad_norm"),
+    "excess-over-training": excess_over_training,
     "pruning": pruning,
     "loss": loss,
 }

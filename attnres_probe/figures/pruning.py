@@ -16,13 +16,15 @@ def pruning(
     step: int | None = None,
     fraction: float = DEFAULT_FRACTION,
     granularity: str | None = None,
+    removal: str | None = None,
 ) -> go.Figure:
     """Measured loss increase when each unit is removed (left) against the cheap proxies
     recorded in training: 1 − cos_in_out (Block Influence) and relative update; the panel
     titles give Spearman ρ of each proxy against the measured increase. ``step`` is unused.
 
     granularity: layer, sublayer or block; None picks layer, or else the first granularity
-    the runs were pruned at."""
+    the runs were pruned at. removal: ``mask`` or ``zero``; None takes each run's default
+    (mask for AttnRes where stored, zero for a baseline)."""
     runs = as_runs(runs)
     colours = run_colours(list(runs))
     if granularity is None:
@@ -30,7 +32,9 @@ def pruning(
     compared = {}
     for name, ds in runs.items():
         try:
-            compared[name] = pruning_analysis.compare_with_proxies(ds, granularity, fraction)
+            compared[name] = pruning_analysis.compare_with_proxies(
+                ds, granularity, fraction, removal
+            )
         except AnalysisError:
             if len(runs) == 1:
                 raise
@@ -95,9 +99,10 @@ def pruning(
                 row=1,
                 col=col,
             )
+    used = sorted({str(c.attrs["removal"]) for c in compared.values()})
     fig = apply_style(
         fig,
-        f"Pruning sensitivity by {granularity} (zero-ablation, held-out loss)",
+        f"Pruning sensitivity by {granularity} ({' and '.join(used)} removal, held-out loss)",
         "",
         "held-out loss increase (nats/byte)",
     )

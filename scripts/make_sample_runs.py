@@ -7,11 +7,13 @@ Each run is trained by the project's training loop with the probe attached (reco
 32 held-out batches) and given its greedy pruning path. Per run this is the same as
 
     attnres-probe train --residual KIND --layers 16 --d-model 64 --n-heads 4 --n-blocks 8 \
-        --steps 1000 --batch-size 8 --seq-len 64 --lr 3e-3 --seed SEED --every 10 --out RUN
+        --steps 1000 --batch-size 8 --seq-len 64 --lr 3e-3 --seed SEED --every 10 \
+        --threads 1 --overwrite --out RUN
     attnres-probe prune RUN --batches 32 [--granularity sublayer | block]
     python -c "from attnres_probe.tools.prune_path import prune_path; prune_path('RUN')"
 
-with one torch thread per run so ``--jobs`` runs share the cores evenly. Timings, the machine
+with one torch thread per run (``--threads 1``, also the default for this model size) so
+``--jobs`` runs share the cores evenly. Timings, the machine
 and every setting go to ``OUT/manifest.json``; ``OUT/README.md`` is written from it.
 """
 
@@ -21,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -31,6 +32,7 @@ from pathlib import Path
 MODEL = {"n_layers": 16, "d_model": 64, "n_heads": 4, "n_blocks": 8, "max_seq_len": 64}
 TRAIN = {"steps": 1000, "batch_size": 8, "seq_len": 64, "lr": 3e-3, "record_every": 10}
 PRUNE_BATCHES = 32
+THREADS = 1  # torch threads per run: --jobs runs share the cores
 RUNS = [("baseline", s) for s in (0, 1, 2)] + [("full", 0)] + [("block", s) for s in (0, 1, 2)]
 
 
@@ -56,35 +58,37 @@ def cli_command(kind: str, seed: int, out: Path) -> str:
         f"attnres-probe train --residual {kind} --layers {m['n_layers']} "
         f"--d-model {m['d_model']} --n-heads {m['n_heads']} --n-blocks {m['n_blocks']} "
         f"--steps {t['steps']} --batch-size {t['batch_size']} --seq-len {t['seq_len']} "
-        f"--lr {t['lr']:g} --seed {seed} --every {t['record_every']} "
-        f"--out {out / run_name(kind, seed)}"
+        f"--lr {t['lr']:g} --seed {seed} --every {t['record_every']} --threads {THREADS} "
+        f"--overwrite --out {out / run_name(kind, seed)}"
     )
 
 
 def make_run(kind: str, seed: int, out: str, steps: int) -> Made:
     """Train, prune and path one run into ``out/<kind>-s<seed>`` (in a worker process)."""
-    import torch
-
-    TRAIN["steps"] = steps
-
-    torch.set_num_threads(1)
     from attnres_probe.analysis.pruning import prune_run
+    from attnres_probe.footprint import torch_threads
     from attnres_probe.models import ModelConfig
     from attnres_probe.tools.prune_path import prune_path
     from attnres_probe.train import TrainConfig, train
 
+    TRAIN["steps"] = steps
     run_dir = Path(out) / run_name(kind, seed)
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    start = time.perf_counter()
-    result = train(ModelConfig(residual=kind, **MODEL), TrainConfig(seed=seed, **TRAIN), run_dir)
-    train_s = time.perf_counter() - start
-    start = time.perf_counter()
-    granularities = ["sublayer", "block", "layer"] if kind == "block" else ["sublayer", "layer"]
-    for g in granularities:
-        last = prune_run(run_dir, g, batches=PRUNE_BATCHES)
-    prune_path(run_dir)
-    prune_s = time.perf_counter() - start
+    with torch_threads(THREADS):  # training and pruning alike
+        start = time.perf_counter()
+        result = train(
+            ModelConfig(residual=kind, **MODEL),
+            TrainConfig(seed=seed, **TRAIN),
+            run_dir,
+            overwrite=True,
+            threads=THREADS,
+        )
+        train_s = time.perf_counter() - start
+        start = time.perf_counter()
+        granularities = ["sublayer", "block", "layer"] if kind == "block" else ["sublayer", "layer"]
+        for g in granularities:
+            last = prune_run(run_dir, g, batches=PRUNE_BATCHES)
+        prune_path(run_dir)
+        prune_s = time.perf_counter() - start
     return Made(
         name=run_name(kind, seed),
         kind=kind,

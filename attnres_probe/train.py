@@ -46,6 +46,7 @@ from attnres_probe.data import ByteCorpus
 from attnres_probe.devices import usable_device
 from attnres_probe.footprint import check_memory, check_sequence, default_threads, torch_threads
 from attnres_probe.models import ModelConfig, build_model
+from attnres_probe.resources import check_threads
 from attnres_probe.store import STORE_NAME, run_info
 
 MAX_LR = 1.0  # AdamW diverges far below this; larger values are typos (1e300 overflows)
@@ -275,6 +276,7 @@ def train(
 
     run_dir = Path(run_dir)
     dev = usable_device(device)
+    check_threads(threads)
     if threads is None:
         threads = default_threads(model_cfg, train_cfg.batch_size, train_cfg.seq_len).n
     check_training(model_cfg, train_cfg, dev)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -112,7 +113,9 @@ def demo(
         corpus = ByteCorpus.load(cfg.data)
         corpus.check_fits(cfg.seq_len)
     with library_errors():
-        err_console.print(f"demo with {cfg.pick_threads().describe()}", highlight=False)
+        threads = cfg.pick_threads()
+        cfg = replace(cfg, threads=threads.n)  # picked once: what is printed is what runs
+        err_console.print(f"demo with {threads.describe()}", highlight=False)
         columns = (
             TextColumn("[bold]{task.description:<16}"),
             BarColumn(),

@@ -76,12 +76,14 @@ def save_checkpoint(
     model_state: dict[str, torch.Tensor],
     config: dict[str, Any],
     extra: dict[str, Any] | None = None,
-    recording_id: str | None = None,
+    recording: str | None = None,
 ) -> Path:
     """Save ``model_state`` (a state_dict) and the model ``config`` (with ``extra`` facts such
-    as the held-out loss) into ``run_dir``; returns the weights file. ``recording_id`` names the
-    recording these weights were trained with (None: no recording). Tensors that share memory
-    (tied weights) are stored as separate copies.
+    as the held-out loss) into ``run_dir``; returns the weights file. ``recording`` is the
+    ``recording_id`` of the recording these weights were trained with; None: the recording ``run_dir`` holds now, if
+    any (saved after a recorded training, the weights belong to that recording — a checkpoint
+    left from an earlier training keeps its own id and is refused beside a newer recording).
+    Tensors that share memory (tied weights) are stored as separate copies.
 
     Raises CheckpointError when the files cannot be written (a full disk, a read-only folder).
     """
@@ -104,13 +106,15 @@ def save_checkpoint(
         seen.add(key)
         tensors[name] = t
     data = save(tensors, metadata={"format": "pt"})
+    if recording is None and (run_dir / STORE_NAME).exists():
+        recording = recording_id(run_dir)
     document = {
         "format": FORMAT,
         "version": VERSION,
         "model": config,
         "extra": extra or {},
         CHECKSUM: _sha256(data),
-        RECORDING_ID: recording_id,
+        RECORDING_ID: recording,
     }
     try:
         text = json.dumps(document, indent=2, allow_nan=True)

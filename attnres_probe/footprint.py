@@ -36,11 +36,12 @@ def _model_size(cfg: ModelConfig) -> tuple[int, int]:
 
 
 def _stacked_sources(cfg: ModelConfig, training: bool) -> int:
-    """Depth sources an AttnRes model holds stacked at once: kept for backward in training
-    (every site's stack), or the widest stack alone in evaluation."""
+    """Source-sized tensors an AttnRes model holds for its depth ops at once, beyond the
+    sublayer outputs themselves. Full AttnRes on the reference path reads its sources in place
+    (no stack) and takes the widest site's source gradients at once in backward; Block AttnRes
+    keeps every block's stack for backward, or the widest stack alone in evaluation."""
     if cfg.residual == "full":
-        n = cfg.n_sublayers
-        return n * (n + 1) // 2 if training else n + 1
+        return cfg.n_sublayers + 1
     if cfg.residual == "block":
         nb = cfg.n_blocks
         return cfg.sublayers_per_block * nb * (nb + 1) // 2 if training else nb + 1

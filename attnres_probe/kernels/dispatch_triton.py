@@ -117,15 +117,12 @@ def block_attnres_phase2(
         return reference.block_attnres_phase2(
             phase1_out, phase1_lse, block_logits, partial, query, eps, stats
         )
-    slots = None
+    slots = (None, None, None)
     if stats is not None:
-        slots = (stats.weight_sum, stats.entropy_sum)
-        if partial is not None:
-            slots += (stats.partial_weight_sum,)
-        slots = _checked(*slots)
+        slots = _checked(stats.weight_sum, stats.entropy_sum, stats.partial_weight_sum)
     if partial is None:
-        weights = BlockWeightsFunction.apply(phase1_out, phase1_lse, block_logits, eps, slots)
+        weights = BlockWeightsFunction.apply(phase1_out, phase1_lse, block_logits, eps, *slots[:2])
         return phase1_out, weights
     return BlockPhase2Function.apply(
-        phase1_out, phase1_lse, partial, query, block_logits, eps, slots
+        phase1_out, phase1_lse, partial, query, block_logits, eps, *slots
     )

@@ -1,4 +1,5 @@
-"""Launch helpers shared by the Triton kernels: tile sizes, program counts, input checks.
+"""Launch helpers shared by the Triton kernels: tile sizes, program counts, input checks, and
+the registration of each launcher as a ``torch.library`` custom op.
 
 Every kernel here processes a ``[BLOCK_M, BLOCK_D]`` tile of tokens with the whole model width
 in registers, and runs as a persistent grid: ``G`` programs stride over the token tiles, keep
@@ -11,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import triton
@@ -20,6 +21,14 @@ import triton.language as tl
 MAX_D = 16384  # widest row a program keeps in registers
 _PROGRAMS_PER_SM = 4
 _INTERPRETER_PROGRAMS = 2  # >1 so tests exercise the cross-program reductions
+
+
+def custom_op(name: str, mutates_args: Iterable[str] = ()) -> Callable:
+    """Register a launcher as the custom op ``attnres_probe::<name>``: ``torch.compile`` sees
+    one opaque op with the shapes of its ``register_fake`` (no graph break, no tracing into
+    the launcher), eager calls run the launcher. ``mutates_args``: the statistics slots it
+    adds into. Outputs are fresh tensors, never an input or another output."""
+    return torch.library.custom_op(f"attnres_probe::{name}", mutates_args=tuple(mutates_args))
 
 
 def interpreting() -> bool:

@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 import torch._dynamo as dynamo
+from kernel_checks import DEVICE
 from torch._dynamo.utils import counters
 
 from attnres_probe.hooks.taps import native_recording
@@ -53,12 +54,12 @@ def _model(kind: str) -> torch.nn.Module:
 
 class _OpsSeen:
     """A backend that notes the custom ops in every graph it compiles (forward and backward,
-    nested subgraphs included), then compiles like ``aot_eager``."""
+    nested subgraphs included), then compiles it with the backend ``name``."""
 
-    def __init__(self):
+    def __init__(self, name: str):
         self.ops: set[str] = set()
         self.graphs = 0
-        self.aot_eager = dynamo.lookup_backend("aot_eager")
+        self.backend = dynamo.lookup_backend(name)
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs):
         self.graphs += 1
@@ -67,7 +68,7 @@ class _OpsSeen:
                 target = getattr(node.target, "name", lambda: "")()
                 if isinstance(target, str) and target.startswith("attnres_probe::"):
                     self.ops.add(target.split("::")[1].split(".")[0])
-        return self.aot_eager(gm, example_inputs)
+        return self.backend(gm, example_inputs)
 
 
 def _step(model, run, idx, recording):
@@ -88,18 +89,23 @@ def _assert_equal(got, want, what):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=what)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_model_on_the_kernels_compiles_whole_and_equals_its_eager_run(kind):
+@pytest.mark.parametrize(
+    "kind,backend_name",
+    [(kind, "aot_eager") for kind in KINDS]
+    # inductor generates and builds C++ around the ops: about a minute each on 2 cores
+    + [pytest.param(kind, "inductor", marks=pytest.mark.slow) for kind in KINDS],
+)
+def test_a_model_on_the_kernels_compiles_whole_and_equals_its_eager_run(kind, backend_name):
     """Recorded, unrecorded and recorded again: one graph each for recorded and unrecorded
     steps, no graph break, and logits, gradients, sums and counts as eager computes them."""
     model = _model(kind)
     eager = copy.deepcopy(model)
-    backend = _OpsSeen()
+    backend = _OpsSeen(backend_name)
     compiled = torch.compile(model, backend=backend, fullgraph=True)
     rec, eager_rec = native_recording(model), native_recording(eager)
     g = torch.Generator().manual_seed(1)
     for step, recorded in enumerate((True, False, True)):
-        idx = torch.randint(0, 256, (2, 7), generator=g)
+        idx = torch.randint(0, 256, (2, 7), generator=g, device="cpu").to(DEVICE)
         rec.reset()
         eager_rec.reset()
         got = _step(model, compiled, idx, rec if recorded else None)

@@ -1,4 +1,4 @@
-"""Full AttnRes aggregation: Triton kernels, their launchers and the autograd Function.
+"""Full AttnRes aggregation: Triton kernels, launchers (custom ops), autograd Function.
 
 Replaces ``reference.attnres``. Per token, over N sources v_i [D] and one query q [D]:
 

@@ -1,4 +1,4 @@
-"""Block AttnRes in two phases: Triton kernels, their launchers and autograd Functions.
+"""Block AttnRes in two phases: Triton kernels, launchers (custom ops), autograd Functions.
 
 Replaces ``reference.block_attnres_phase1`` / ``reference.block_attnres_phase2``.
 

@@ -8,6 +8,11 @@ kernels compute in float32 whatever the input dtype, so they behave the same ins
 Under activation checkpointing the recomputed forward runs the kernels again, so forward
 statistics are added twice, exactly as the reference adds them (``ops`` counts the recomputed
 call too, so their means hold); backward statistics are added once.
+
+Under ``torch.compile`` the Functions are traced and each kernel launch in them is one opaque
+custom op (``launch.KernelOp``): a model on this path compiles whole, with or without slots.
+The fused add + norm's backward adds Σ(∂L/∂h)² into ``grad_sq``, a forward input mutated during
+the backward, which AOTAutograd keeps in the backward graph.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Fused (residual-add +) RMSNorm: Triton kernels, their launchers and autograd Functions.
+"""Fused (residual-add +) RMSNorm: Triton kernels, launchers (custom ops), autograd Functions.
 
 Replaces ``reference.rms_norm`` / ``reference.add_rms_norm``:
 

@@ -1,4 +1,4 @@
-"""Full AttnRes aggregation: Triton kernels, their launchers and the autograd Function.
+"""Full AttnRes aggregation: Triton kernels, launchers (custom ops), autograd Function.
 
 Replaces ``reference.attnres``. Per token, over N sources v_i [D] and one query q [D]:
 
@@ -243,6 +243,24 @@ def attnres_backward(
     return dsources, dq_part.sum(0).to(query.dtype)
 
 
+# The launchers as custom ops (see ``launch.custom_op``): what the autograd Function calls.
+attnres_fwd = launch.custom_op("attnres_fwd", mutates_args=("weight_sum", "entropy_sum"))(
+    attnres_forward
+)
+attnres_bwd = launch.custom_op("attnres_bwd")(attnres_backward)
+
+
+@attnres_fwd.register_fake
+def _(sources, query, eps, weight_sum=None, entropy_sum=None):
+    n, m, d = sources.shape
+    return sources.new_empty((m, d)), sources.new_empty((n, m), dtype=torch.float32)
+
+
+@attnres_bwd.register_fake
+def _(sources, query, weights, dout, dweights, eps):
+    return sources.new_empty(sources.shape), query.new_empty(query.shape)
+
+
 class AttnResFunction(torch.autograd.Function):
     """(sources [N, *, D], query [D]) -> (out [*, D], weights [N, *] float32)."""
 
@@ -250,7 +268,7 @@ class AttnResFunction(torch.autograd.Function):
     def forward(ctx, sources, query, eps, weight_sum, entropy_sum):
         n, *token_shape, d = sources.shape
         src = sources.reshape(n, -1, d).contiguous()
-        out, weights = attnres_forward(src, query.contiguous(), eps, weight_sum, entropy_sum)
+        out, weights = attnres_fwd(src, query.contiguous(), eps, weight_sum, entropy_sum)
         ctx.save_for_backward(src, query, weights)
         ctx.set_materialize_grads(False)
         ctx.eps = eps
@@ -263,7 +281,7 @@ class AttnResFunction(torch.autograd.Function):
         n, m, d = src.shape
         if dout is None:
             dout = torch.zeros((m, d), dtype=src.dtype, device=src.device)
-        dsrc, dq = attnres_backward(
+        dsrc, dq = attnres_bwd(
             src,
             query.contiguous(),
             weights,

@@ -1,4 +1,4 @@
-"""Block AttnRes in two phases: Triton kernels, their launchers and autograd Functions.
+"""Block AttnRes in two phases: Triton kernels, launchers (custom ops), autograd Functions.
 
 Replaces ``reference.block_attnres_phase1`` / ``reference.block_attnres_phase2``.
 
@@ -474,6 +474,114 @@ def phase2_backward(
     return do1, dlse1, dp, dq_part.sum(0).to(query.dtype), dzb
 
 
+# The launchers as custom ops (see ``launch.custom_op``): what the autograd Functions call.
+phase1_fwd = launch.custom_op("block_phase1_fwd")(phase1_forward)
+phase1_bwd = launch.custom_op("block_phase1_bwd")(phase1_backward)
+
+
+@phase1_fwd.register_fake
+def _(blocks, queries, eps):
+    nb, m, d = blocks.shape
+    s = queries.shape[0]
+    f32 = torch.float32
+    return (
+        blocks.new_empty((s, m, d)),
+        blocks.new_empty((s, m), dtype=f32),
+        blocks.new_empty((s, nb, m), dtype=f32),
+    )
+
+
+@phase1_bwd.register_fake
+def _(blocks, queries, logits, lse, dout, dlse, dlogits, eps):
+    return blocks.new_empty(blocks.shape), queries.new_empty(queries.shape)
+
+
+_SLOTS = ("weight_sum", "entropy_sum", "partial_weight_sum")
+
+
+@launch.custom_op("block_phase2_fwd", mutates_args=_SLOTS)
+def phase2_fwd(
+    phase1_out: torch.Tensor,
+    phase1_lse: torch.Tensor,
+    partial: torch.Tensor,
+    query: torch.Tensor,
+    block_logits: torch.Tensor,
+    eps: float,
+    weight_sum: torch.Tensor | None,
+    entropy_sum: torch.Tensor | None,
+    partial_weight_sum: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`phase2_forward` with a partial sum -> (out [M, D], weights [n + 1, M]); the
+    slots all given or all None."""
+    stats = None if weight_sum is None else (weight_sum, entropy_sum, partial_weight_sum)
+    return phase2_forward(phase1_out, phase1_lse, partial, query, block_logits, eps, stats)
+
+
+@phase2_fwd.register_fake
+def _(phase1_out, phase1_lse, partial, query, block_logits, eps, *slots):
+    return phase1_out.new_empty(phase1_out.shape), _weights_like(phase1_out, block_logits)
+
+
+@launch.custom_op("block_weights_fwd", mutates_args=_SLOTS[:2])
+def block_weights_fwd(
+    phase1_out: torch.Tensor,
+    phase1_lse: torch.Tensor,
+    block_logits: torch.Tensor,
+    eps: float,
+    weight_sum: torch.Tensor | None,
+    entropy_sum: torch.Tensor | None,
+) -> torch.Tensor:
+    """:func:`phase2_forward` without a partial sum (phase1_out [M, D] gives the shape and is
+    not read) -> weights [n + 1, M]; the slots both given or both None."""
+    stats = None if weight_sum is None else (weight_sum, entropy_sum)
+    zero_query = phase1_lse.new_zeros(phase1_out.shape[1])
+    _, weights = phase2_forward(phase1_out, phase1_lse, None, zero_query, block_logits, eps, stats)
+    return weights
+
+
+@block_weights_fwd.register_fake
+def _(phase1_out, phase1_lse, block_logits, eps, weight_sum, entropy_sum):
+    return _weights_like(phase1_out, block_logits)
+
+
+def _weights_like(t: torch.Tensor, block_logits: torch.Tensor) -> torch.Tensor:
+    nb, m = block_logits.shape
+    return t.new_empty((nb + 1, m), dtype=torch.float32)
+
+
+@launch.custom_op("block_phase2_bwd")
+def phase2_bwd(
+    phase1_out: torch.Tensor,
+    phase1_lse: torch.Tensor,
+    partial: torch.Tensor,
+    query: torch.Tensor,
+    block_logits: torch.Tensor,
+    dout: torch.Tensor | None,
+    dweights: torch.Tensor | None,
+    eps: float,
+) -> list[torch.Tensor]:
+    """:func:`phase2_backward` -> [dphase1_lse, dpartial, dquery], then dphase1_out when
+    ``dout`` is given, then dblock_logits when ``dweights`` is."""
+    do1, dlse1, dp, dq, dzb = phase2_backward(
+        phase1_out, phase1_lse, partial, query, block_logits, dout, dweights, eps
+    )
+    return [dlse1, dp, dq] + [g for g in (do1, dzb) if g is not None]
+
+
+@phase2_bwd.register_fake
+def _(phase1_out, phase1_lse, partial, query, block_logits, dout, dweights, eps):
+    grads = [
+        phase1_lse.new_empty(phase1_lse.shape, dtype=torch.float32),
+        partial.new_empty(partial.shape),
+        query.new_empty(query.shape),
+    ]
+    if dout is not None:
+        grads.append(phase1_out.new_empty(phase1_out.shape))
+    if dweights is not None:
+        grads.append(block_logits.new_empty(block_logits.shape, dtype=torch.float32))
+    return grads
+
+
 def _matrix(t: torch.Tensor | None, cols: int) -> torch.Tensor | None:
     return None if t is None else t.reshape(-1, cols).contiguous()
 
@@ -487,7 +595,7 @@ class BlockPhase1Function(torch.autograd.Function):
         s = queries.shape[0]
         blk = blocks.reshape(nb, -1, d).contiguous()
         q = queries.contiguous()
-        out, lse, logits = phase1_forward(blk, q, eps)
+        out, lse, logits = phase1_fwd(blk, q, eps)
         ctx.save_for_backward(blk, q, logits, lse)
         ctx.set_materialize_grads(False)
         ctx.eps = eps
@@ -503,7 +611,7 @@ class BlockPhase1Function(torch.autograd.Function):
         blk, q, logits, lse = ctx.saved_tensors
         nb, m, d = blk.shape
         s = q.shape[0]
-        dblk, dq = phase1_backward(
+        dblk, dq = phase1_bwd(
             blk,
             q,
             logits,
@@ -518,16 +626,17 @@ class BlockPhase1Function(torch.autograd.Function):
 
 class BlockPhase2Function(torch.autograd.Function):
     """Merge with a partial sum: (phase1_out [*, D], phase1_lse [*], partial [*, D], query [D],
-    block_logits [n, *]) -> (out [*, D], weights [n + 1, *])."""
+    block_logits [n, *]) -> (out [*, D], weights [n + 1, *]). The float32 slots weight_sum [n],
+    entropy_sum [1], partial_weight_sum [1] are all given or all None."""
 
     @staticmethod
-    def forward(ctx, phase1_out, phase1_lse, partial, query, block_logits, eps, stats):
+    def forward(ctx, phase1_out, phase1_lse, partial, query, block_logits, eps, *slots):
         *token_shape, d = phase1_out.shape
         nb = block_logits.shape[0]
         o1, p = _matrix(phase1_out, d), _matrix(partial, d)
         lse1 = phase1_lse.reshape(-1).contiguous()
         zb = block_logits.reshape(nb, -1).contiguous()
-        out, weights = phase2_forward(o1, lse1, p, query.contiguous(), zb, eps, stats)
+        out, weights = phase2_fwd(o1, lse1, p, query.contiguous(), zb, eps, *slots)
         ctx.save_for_backward(o1, lse1, p, query, zb)
         ctx.set_materialize_grads(False)
         ctx.eps = eps
@@ -539,7 +648,7 @@ class BlockPhase2Function(torch.autograd.Function):
         o1, lse1, p, query, zb = ctx.saved_tensors
         out_shape, lse_shape, logits_shape = ctx.shapes
         m, d = o1.shape
-        do1, dlse1, dp, dq, dzb = phase2_backward(
+        dlse1, dp, dq, *rest = phase2_bwd(
             o1,
             lse1,
             p,
@@ -549,6 +658,8 @@ class BlockPhase2Function(torch.autograd.Function):
             _matrix(dweights, m),
             ctx.eps,
         )
+        do1 = rest.pop(0) if dout is not None else None
+        dzb = rest.pop(0) if dweights is not None else None
         return (
             None if do1 is None else do1.view(out_shape),
             dlse1.view(lse_shape),
@@ -557,22 +668,23 @@ class BlockPhase2Function(torch.autograd.Function):
             None if dzb is None else dzb.view(logits_shape),
             None,
             None,
+            None,
+            None,
         )
 
 
 class BlockWeightsFunction(torch.autograd.Function):
     """First sublayer of a block (no partial sum): (phase1_lse [*], block_logits [n, *])
-    -> weights [n + 1, *] with a zero last row; out is phase1_out."""
+    -> weights [n + 1, *] with a zero last row; out is phase1_out. The float32 slots
+    weight_sum [n] and entropy_sum [1] are both given or both None."""
 
     @staticmethod
-    def forward(ctx, phase1_out, phase1_lse, block_logits, eps, stats):
+    def forward(ctx, phase1_out, phase1_lse, block_logits, eps, weight_sum, entropy_sum):
         *token_shape, d = phase1_out.shape
         nb = block_logits.shape[0]
         lse1 = phase1_lse.reshape(-1).contiguous()
         zb = block_logits.reshape(nb, -1).contiguous()
-        _, weights = phase2_forward(
-            _matrix(phase1_out, d), lse1, None, lse1.new_zeros(d), zb, eps, stats
-        )
+        weights = block_weights_fwd(_matrix(phase1_out, d), lse1, zb, eps, weight_sum, entropy_sum)
         ctx.save_for_backward(weights)
         ctx.shapes = (phase1_lse.shape, block_logits.shape)
         return weights.view(nb + 1, *token_shape)
@@ -584,4 +696,4 @@ class BlockWeightsFunction(torch.autograd.Function):
         nb = logits_shape[0]
         # weights_i = exp(z_i − lse): elementwise on [n, *], no pass over D.
         dz = weights[:nb] * dweights.reshape(nb + 1, -1)[:nb].float()
-        return None, -dz.sum(0).view(lse_shape), dz.view(logits_shape), None, None
+        return None, -dz.sum(0).view(lse_shape), dz.view(logits_shape), None, None, None

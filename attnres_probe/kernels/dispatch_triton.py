@@ -8,6 +8,11 @@ kernels compute in float32 whatever the input dtype, so they behave the same ins
 Under activation checkpointing the recomputed forward runs the kernels again, so forward
 statistics are added twice, exactly as the reference adds them (``ops`` counts the recomputed
 call too, so their means hold); backward statistics are added once.
+
+Under ``torch.compile`` the Functions are traced and each kernel launch in them is one opaque
+custom op (``launch.KernelOp``): a model on this path compiles whole, with or without slots.
+The fused add + norm's backward adds Σ(∂L/∂h)² into ``grad_sq``, a forward input mutated during
+the backward, which AOTAutograd keeps in the backward graph.
 """
 
 from __future__ import annotations
@@ -117,15 +122,12 @@ def block_attnres_phase2(
         return reference.block_attnres_phase2(
             phase1_out, phase1_lse, block_logits, partial, query, eps, stats
         )
-    slots = None
+    slots = (None, None, None)
     if stats is not None:
-        slots = (stats.weight_sum, stats.entropy_sum)
-        if partial is not None:
-            slots += (stats.partial_weight_sum,)
-        slots = _checked(*slots)
+        slots = _checked(stats.weight_sum, stats.entropy_sum, stats.partial_weight_sum)
     if partial is None:
-        weights = BlockWeightsFunction.apply(phase1_out, phase1_lse, block_logits, eps, slots)
+        weights = BlockWeightsFunction.apply(phase1_out, phase1_lse, block_logits, eps, *slots[:2])
         return phase1_out, weights
     return BlockPhase2Function.apply(
-        phase1_out, phase1_lse, partial, query, block_logits, eps, slots
+        phase1_out, phase1_lse, partial, query, block_logits, eps, *slots
     )

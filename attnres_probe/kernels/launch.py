@@ -1,4 +1,5 @@
-"""Launch helpers shared by the Triton kernels: tile sizes, program counts, input checks.
+"""Launch helpers shared by the Triton kernels: tile sizes, program counts, input checks, and
+each launcher's ``torch.library`` custom op (:class:`KernelOp`).
 
 Every kernel here processes a ``[BLOCK_M, BLOCK_D]`` tile of tokens with the whole model width
 in registers, and runs as a persistent grid: ``G`` programs stride over the token tiles, keep
@@ -11,15 +12,50 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import triton
 import triton.language as tl
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 MAX_D = 16384  # widest row a program keeps in registers
 _PROGRAMS_PER_SM = 4
 _INTERPRETER_PROGRAMS = 2  # >1 so tests exercise the cross-program reductions
+
+
+class KernelOp:
+    """A launcher and the custom op ``attnres_probe::<name>`` made of it.
+
+    ``torch.compile`` sees the op: one opaque node with the shapes of its ``register_fake`` (no
+    graph break, no tracing into the launcher), whose ``mutates_args`` name the statistics
+    slots it adds into. Eager calls run the launcher itself: the op's dispatch costs several
+    times a kernel launch on the host, and the op's real implementation is the launcher anyway
+    (so under a dispatch mode, e.g. a fake-tensor trace or a FLOP counter, the op runs).
+    Outputs are fresh tensors, never an input or another output.
+    """
+
+    def __init__(self, name: str, launcher: Callable, mutates_args: Iterable[str]):
+        self.launcher = launcher
+        self.op = torch.library.custom_op(
+            f"attnres_probe::{name}", launcher, mutates_args=tuple(mutates_args)
+        )
+        functools.update_wrapper(self, launcher)
+
+    def __call__(self, *args):
+        if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+            return self.op(*args)  # traced (compile, export, make_fx, fake tensors)
+        return self.launcher(*args)
+
+    def register_fake(self, fake: Callable) -> Callable:
+        """``fake`` (the launcher's signature) gives the outputs' shapes, dtypes and strides."""
+        self.op.register_fake(fake)
+        return fake
+
+
+def custom_op(name: str, mutates_args: Iterable[str] = ()) -> Callable[[Callable], KernelOp]:
+    """Decorator: the launcher as a :class:`KernelOp` named ``name``."""
+    return lambda launcher: KernelOp(name, launcher, mutates_args)
 
 
 def interpreting() -> bool:

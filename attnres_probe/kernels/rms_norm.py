@@ -1,4 +1,4 @@
-"""Fused (residual-add +) RMSNorm: Triton kernels, their launchers and autograd Functions.
+"""Fused (residual-add +) RMSNorm: Triton kernels, launchers (custom ops), autograd Functions.
 
 Replaces ``reference.rms_norm`` / ``reference.add_rms_norm``:
 
@@ -215,22 +215,102 @@ def rms_norm_backward(
     return dx, du, dw_part.sum(0).to(weight.dtype)
 
 
+# The launchers as custom ops (see ``launch.custom_op``): what the autograd Functions call.
+
+
+@launch.custom_op("rms_norm_fwd", mutates_args=("sq",))
+def rms_norm_fwd(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, sq: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, D] contiguous, weight [D] -> (y [M, D], rstd [M] float32); sq [1] += Σx²."""
+    y, _, rstd = rms_norm_forward(x, None, weight, eps, sq)
+    return y, rstd
+
+
+@rms_norm_fwd.register_fake
+def _(x, weight, eps, sq):
+    return x.new_empty(x.shape), x.new_empty(x.shape[0], dtype=torch.float32)
+
+
+@launch.custom_op("add_rms_norm_fwd", mutates_args=("sq",))
+def add_rms_norm_fwd(
+    x: torch.Tensor, update: torch.Tensor, weight: torch.Tensor, eps: float, sq: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x, update [M, D] contiguous -> (y [M, D], h [M, D], rstd [M] float32); sq [1] += Σh²."""
+    return rms_norm_forward(x, update, weight, eps, sq)
+
+
+@add_rms_norm_fwd.register_fake
+def _(x, update, weight, eps, sq):
+    h_dtype = torch.result_type(x, update)
+    m = x.shape[0]
+    return (
+        x.new_empty(x.shape, dtype=h_dtype),
+        x.new_empty(x.shape, dtype=h_dtype),
+        x.new_empty(m, dtype=torch.float32),
+    )
+
+
+@launch.custom_op("rms_norm_bwd", mutates_args=("grad_sq",))
+def rms_norm_bwd(
+    dy: torch.Tensor,
+    dh: torch.Tensor | None,
+    h: torch.Tensor,
+    rstd: torch.Tensor,
+    weight: torch.Tensor,
+    dx_dtype: torch.dtype,
+    grad_sq: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rms_norm_backward` -> (dx, dweight); grad_sq [1] += Σ(∂L/∂h)²."""
+    dx, _, dw = rms_norm_backward(dy, dh, h, rstd, weight, dx_dtype, None, grad_sq)
+    return dx, dw
+
+
+@rms_norm_bwd.register_fake
+def _(dy, dh, h, rstd, weight, dx_dtype, grad_sq):
+    return dy.new_empty(dy.shape, dtype=dx_dtype), weight.new_empty(weight.shape)
+
+
+@launch.custom_op("rms_norm_bwd_split", mutates_args=("grad_sq",))
+def rms_norm_bwd_split(
+    dy: torch.Tensor,
+    dh: torch.Tensor | None,
+    h: torch.Tensor,
+    rstd: torch.Tensor,
+    weight: torch.Tensor,
+    dx_dtype: torch.dtype,
+    du_dtype: torch.dtype,
+    grad_sq: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`rms_norm_backward` where x and the update differ in dtype -> (dx, du, dweight).
+    (A mutable op returns a fixed tuple, so the case with du gets its own op.)"""
+    return rms_norm_backward(dy, dh, h, rstd, weight, dx_dtype, du_dtype, grad_sq)
+
+
+@rms_norm_bwd_split.register_fake
+def _(dy, dh, h, rstd, weight, dx_dtype, du_dtype, grad_sq):
+    return (
+        dy.new_empty(dy.shape, dtype=dx_dtype),
+        dy.new_empty(dy.shape, dtype=du_dtype),
+        weight.new_empty(weight.shape),
+    )
+
+
 class RMSNormFunction(torch.autograd.Function):
     """y = rms_norm(x) · weight; ``sq`` [1] float32 or None receives Σx²."""
 
     @staticmethod
     def forward(ctx, x, weight, eps, sq):
-        shape = x.shape
         x2 = launch.rows(x)
-        y, _, rstd = rms_norm_forward(x2, None, weight, eps, sq)
+        y, rstd = rms_norm_fwd(x2, weight, eps, sq)
         ctx.save_for_backward(x2, rstd, weight)
         ctx.x_dtype = x.dtype
-        return y.view(shape)
+        return y.view(x.shape)
 
     @staticmethod
     def backward(ctx, dy):
         x2, rstd, weight = ctx.saved_tensors
-        dx, _, dw = rms_norm_backward(launch.rows(dy), None, x2, rstd, weight, ctx.x_dtype)
+        dx, dw = rms_norm_bwd(launch.rows(dy), None, x2, rstd, weight, ctx.x_dtype, None)
         return dx.view(dy.shape), dw, None, None
 
 
@@ -242,7 +322,11 @@ def rms_norm(
 
 
 class AddRMSNormFunction(torch.autograd.Function):
-    """h = x + update; returns (rms_norm(h) · weight, h) with optional statistics slots."""
+    """h = x + update; returns (rms_norm(h) · weight, h) with optional statistics slots.
+
+    ``grad_sq`` is added into by the backward op: a forward input mutated during the backward,
+    which AOTAutograd supports (it does not require grad and keeps its shape).
+    """
 
     @staticmethod
     def forward(ctx, x, update, weight, eps, sq, grad_sq):
@@ -252,7 +336,7 @@ class AddRMSNormFunction(torch.autograd.Function):
                 f"add_rms_norm needs x and update of one shape, got {tuple(x.shape)} and "
                 f"{tuple(update.shape)}; expand them before the call"
             )
-        y, h, rstd = rms_norm_forward(launch.rows(x), launch.rows(update), weight, eps, sq)
+        y, h, rstd = add_rms_norm_fwd(launch.rows(x), launch.rows(update), weight, eps, sq)
         ctx.save_for_backward(h, rstd, weight)
         ctx.set_materialize_grads(False)
         ctx.grad_sq = grad_sq
@@ -263,14 +347,14 @@ class AddRMSNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, dh):
         h, rstd, weight = ctx.saved_tensors  # h [M, D]
-        dx, du, dw = rms_norm_backward(
-            torch.zeros_like(h) if dy is None else launch.rows(dy),
-            None if dh is None else launch.rows(dh),
-            h,
-            rstd,
-            weight,
-            ctx.dtypes[0],
-            ctx.dtypes[1],
-            grad_sq=ctx.grad_sq,
-        )
+        dy = torch.zeros_like(h) if dy is None else launch.rows(dy)
+        dh = None if dh is None else launch.rows(dh)
+        x_dtype, update_dtype = ctx.dtypes
+        if x_dtype == update_dtype:
+            dx, dw = rms_norm_bwd(dy, dh, h, rstd, weight, x_dtype, ctx.grad_sq)
+            du = dx
+        else:
+            dx, du, dw = rms_norm_bwd_split(
+                dy, dh, h, rstd, weight, x_dtype, update_dtype, ctx.grad_sq
+            )
         return dx.view(ctx.shape), du.view(ctx.shape), dw, None, None, None

@@ -80,9 +80,10 @@ def save_checkpoint(
 ) -> Path:
     """Save ``model_state`` (a state_dict) and the model ``config`` (with ``extra`` facts such
     as the held-out loss) into ``run_dir``; returns the weights file. ``recording`` is the
-    ``recording_id`` of the recording these weights were trained with; None: the recording ``run_dir`` holds now, if
-    any (saved after a recorded training, the weights belong to that recording — a checkpoint
-    left from an earlier training keeps its own id and is refused beside a newer recording).
+    ``recording_id`` of the recording these weights were trained with; None: the recording
+    ``run_dir`` holds now, if any (saved after a recorded training, the weights belong to that
+    recording — a checkpoint left from an earlier training keeps its own id and is refused
+    beside a newer recording).
     Tensors that share memory (tied weights) are stored as separate copies.
 
     Raises CheckpointError when the files cannot be written (a full disk, a read-only folder).

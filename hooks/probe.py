@@ -160,7 +160,8 @@ class Probe:
         if self._layers is None and is_native(module):
             self.taps = NativeTaps(module)
         else:
-            self.taps = ModuleTaps(discover_layers(module, self._layers))
+            config = getattr(module, "config", None)
+            self.taps = ModuleTaps(discover_layers(module, self._layers), config)
         self.layout = layout = RowLayout(self.taps.shape)
         self.rec = rec = layout.recording(device, self.taps.sources_at)
         n_sums, n_counts = rec.sums.numel(), rec.counts.numel()
@@ -293,6 +294,9 @@ class Probe:
         elif self.records(k):
             rec = self.rec
             rec.settle()
+            # Once, at the first recorded step with a forward: one device->host copy, and a
+            # LayerDiscoveryError if a layer does not compute what was discovered.
+            self.taps.check_wiring(rec)
             if loss is not None:
                 self._add_loss(rec, loss)
             if rec.backward_seen:  # parameter gradients belong to this step

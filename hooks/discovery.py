@@ -43,6 +43,7 @@ import ast
 import functools
 import inspect
 import textwrap
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -554,8 +555,10 @@ def _find_layers(model: nn.Module, scale: float) -> list[LayerSpec]:
                 "Encoder layers that normalise inside their output sublayer (BERT-style) are "
                 f"not a residual-stream decoder; {LAYERS_HELP}"
             )
+        types = Counter(type(m).__name__ for m in model.modules())
+        found = ", ".join(f"{name}×{n}" for name, n in types.most_common(12))
         raise LayerDiscoveryError(
-            f"found no decoder layers in {type(model).__name__}: it has no nn.ModuleList of "
-            f"layers; {LAYERS_HELP}"
+            f"found no decoder layers in {type(model).__name__}: no nn.ModuleList holds layers "
+            f"(module types found: {found}); {LAYERS_HELP}"
         )
     return best

@@ -240,8 +240,8 @@ def reference(model: torch.nn.Module, name: str, tokens: torch.Tensor) -> dict[s
             values["grad_norm"].append(_norm(g))
             updates.append(u)
             stream = stream + u if not arch.parallel else stream
-        total = x + sum(updates)
-        mismatch = _norm(total - layer_out[li]) / _norm(layer_out[li])
+        total = x.double() + sum(u.double() for u in updates)
+        mismatch = _norm(total - layer_out[li].double()) / _norm(layer_out[li])
         assert mismatch < 1e-5, f"{name}: the reference's updates do not add up ({mismatch})"
     return {
         "loss": np.array(loss.item()),

@@ -31,7 +31,6 @@ class Arch:
     inside: tuple[bool, ...] = (False, False)
     scale: str | None = None
     config: dict = field(default_factory=dict)
-    layers: int = 2
 
 
 ARCHS: dict[str, Arch] = {
@@ -125,13 +124,17 @@ SMALL = {
 }  # fmt: skip
 
 
-def tiny_config(model_type: str, **overrides):
+LAYER_COUNTS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers")
+
+
+def tiny_config(model_type: str, n_layers: int = 2, **overrides):
     """A small random config of ``model_type``: the sizes above where the config has them,
-    every dropout 0 (so a recorded step is reproducible)."""
+    ``n_layers`` layers, every dropout 0 (so a recorded step is reproducible)."""
     from transformers import AutoConfig
 
     defaults = AutoConfig.for_model(model_type).to_dict()
     kwargs = {k: v for k, v in SMALL.items() if k in defaults}
+    kwargs.update({k: n_layers for k in LAYER_COUNTS if k in defaults})
     for key, value in defaults.items():
         if isinstance(value, float) and ("dropout" in key or "pdrop" in key) and value > 0:
             kwargs[key] = 0.0
@@ -139,16 +142,16 @@ def tiny_config(model_type: str, **overrides):
     return AutoConfig.for_model(model_type, **kwargs)
 
 
-def build(name: str, seed: int = 0) -> torch.nn.Module:
+def build(name: str, seed: int = 0, n_layers: int = 2) -> torch.nn.Module:
     """The tiny causal LM of ``name`` (an ``ARCHS`` or ``REFUSED`` key), in float32."""
     from transformers import AutoModel, AutoModelForCausalLM
 
     if name in ARCHS:
         arch = ARCHS[name]
-        cfg = tiny_config(arch.model_type, **arch.config)
+        cfg = tiny_config(arch.model_type, n_layers, **arch.config)
     else:
         model_type, overrides, _ = REFUSED[name]
-        cfg = tiny_config(model_type, **overrides)
+        cfg = tiny_config(model_type, n_layers, **overrides)
     torch.manual_seed(seed)
     if getattr(cfg, "is_encoder_decoder", False) or name == "bert":
         return AutoModel.from_config(cfg)

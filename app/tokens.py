@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 import xarray as xr
 
-from attnres_probe.app.catalog import literal
+from attnres_probe.app.text import literal
 
 MAX_BYTES = 256
 

@@ -8,6 +8,7 @@ import pytest
 from synthetic_runs import baseline_run, full_run
 
 from attnres_probe import figures
+from attnres_probe.figures import FIGURES
 from attnres_probe.tools.export import ExportError, find_browser, write_figures
 
 MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "pdf": b"%PDF-", "svg": b"<svg"}
@@ -82,17 +83,7 @@ def test_export_all_figures_of_two_runs_writes_one_png_each(runs, tmp_path):
     assert r.exit_code == 0, r.output
     assert "skipped pruning" in r.stderr  # no pruning results yet: said, not fatal
     written = sorted(p.name for p in out.iterdir())
-    assert written == sorted(
-        f"{n}.png"
-        for n in (
-            "dilution",
-            "relative-update",
-            "depth-heatmap",
-            "depth-entropy",
-            "grad-depth",
-            "loss",
-        )
-    )
+    assert written == sorted(f"{name}.png" for name in FIGURES if name != "pruning")
     for p in out.iterdir():
         assert p.read_bytes().startswith(MAGIC["png"]) and p.stat().st_size > 5_000
     assert sorted(r.stdout.split()) == sorted(str(out / n) for n in written)

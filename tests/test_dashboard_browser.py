@@ -45,11 +45,11 @@ CHROMIUM_ARGS = [
 # (url path, page title, query, figures expected)
 PAGES = [
     ("", "Runs", {}, 1),
-    ("dilution", "Dilution", {"run": BASELINE}, 2),
+    ("dilution", "Dilution", {"run": BASELINE}, 4),
     ("depth-attention", "Depth attention", {"run": TRAINED, "step": "2"}, 2),
-    ("gradients", "Gradients", {"run": FULL}, 1),
+    ("gradients", "Gradients", {"run": FULL}, 5),
     ("pruning", "Pruning", {"run": TRAINED}, 0),
-    ("compare", "Compare", {"compare": [BASELINE, FULL]}, 5),
+    ("compare", "Compare", {"compare": [BASELINE, FULL]}, 7),
 ]
 
 # How many plotly figures have been drawn (each draws several .main-svg layers).

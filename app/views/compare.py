@@ -5,10 +5,11 @@ from __future__ import annotations
 import streamlit as st
 
 from attnres_probe import figures
-from attnres_probe.app import catalog, ui
+from attnres_probe.app import confine, ui
+from attnres_probe.app.text import describe_error, literal
 
 ui.header("Compare")
-rows = [r for r in ui.current_rows() if r.openable]
+rows = [r for r in ui.current_rows() if r.readable]
 root = ui.root()
 
 if root.path is None:
@@ -22,10 +23,10 @@ elif len(rows) < 2:
 else:
     names = [r.name for r in rows]
     default = names[:2]
-    kinds = {r.kind for r in rows}
+    kinds = {r.residual for r in rows}
     if "baseline" in kinds and len(kinds) > 1:  # show the contrast the project is about
-        base = next(r.name for r in rows if r.kind == "baseline")
-        other = next(r.name for r in rows if r.kind != "baseline")
+        base = next(r.name for r in rows if r.residual == "baseline")
+        other = next(r.name for r in rows if r.residual != "baseline")
         default = [base, other]
     chosen = st.multiselect("Runs", names, default=default, key=ui.COMPARE_KEY, bind="query-params")
     if len(chosen) < 2:
@@ -42,9 +43,9 @@ else:
             runs, tails = {}, {}
             for name in chosen:
                 try:
-                    ds = ui.load(catalog.resolve_run(root.path, name))
+                    ds = ui.load(confine.resolve_run(root.path, name))
                 except Exception as err:  # noqa: BLE001 - one bad run must not hide the others
-                    st.warning(catalog.literal(f"{name}: {catalog.describe_error(err)}"))
+                    st.warning(literal(f"{name}: {describe_error(err)}"))
                     continue
                 if ds.sizes.get("step", 0):
                     runs[name] = ds
@@ -66,4 +67,4 @@ else:
                 ui.chart(lambda: figures.grad_depth(tails, fraction=1.0), key="cmp_grad")
                 ui.chart(lambda: figures.depth_entropy(tails, fraction=1.0), key="cmp_entropy")
 
-        ui.live(body, is_live=any(by_name[n].state == "live" for n in chosen))
+        ui.live(body, is_live=any(by_name[n].status == "live" for n in chosen))

@@ -54,4 +54,4 @@ if picked is not None:
         ui.chart(lambda: figures.layer_output(runs, step=step, fraction=1.0), key="layer_output")
         ui.chart(lambda: figures.growth_over_training({row.name: ds}), key="growth_over_training")
 
-    ui.live(body, is_live=row.state == "live", path=path)
+    ui.live(body, is_live=row.status == "live", path=path)

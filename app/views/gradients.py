@@ -35,9 +35,9 @@ if picked is not None:
         )
         ui.chart(lambda: figures.excess_over_training({row.name: ds}), key="excess")
         ui.chart(lambda: figures.grad_depth(runs, step=step, fraction=1.0), key="grad")
-        if row.kind != "baseline":
+        if row.residual != "baseline":
             ui.chart(
                 lambda: figures.mass_received(runs, step=step, fraction=1.0), key="mass_received"
             )
 
-    ui.live(body, is_live=row.state == "live", path=path)
+    ui.live(body, is_live=row.status == "live", path=path)

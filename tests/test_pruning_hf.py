@@ -101,7 +101,7 @@ def test_a_recorded_gpt2_is_pruned_into_its_run_and_shown_by_info_export_and_the
 
     from streamlit.testing.v1 import AppTest
 
-    from attnres_probe.app.catalog import ROOT_ENV
+    from attnres_probe.app.confine import ROOT_ENV
 
     monkeypatch.setenv(ROOT_ENV, str(run.parent))
     pages = {}

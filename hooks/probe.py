@@ -260,9 +260,17 @@ class Probe:
         """Whether step ``step`` is (or would be) recorded."""
         return not self._disabled and step % self.every == 0
 
-    def step(self, loss: torch.Tensor | float | None = None) -> None:
+    def step(
+        self,
+        loss: torch.Tensor | float | None = None,
+        grad_scale: torch.Tensor | float | None = None,
+    ) -> None:
         """Close the current step: add ``loss`` (a scalar) and the parameter gradients as they
-        are now (call after backward, before clipping), and flush when the buffer is full."""
+        are now (call after backward, before clipping), and flush when the buffer is full.
+
+        grad_scale: the factor the parameter gradients were multiplied by since backward (a
+        clip coefficient, for a loop that cannot call ``p.step`` before clipping; a float or a
+        0-d device tensor, read without a host sync): the recorded norms are divided by it."""
         if not self._entered:
             raise ProbeError("p.step() called outside the `with probe(...)` block")
         if threading.get_ident() != self._thread:
@@ -300,8 +308,10 @@ class Probe:
             if loss is not None:
                 self._add_loss(rec, loss)
             if rec.backward_seen:  # parameter gradients belong to this step
-                self._add_param_grads(rec, self._params, "param_sq", "param_present")
-                self._add_param_grads(rec, self._query_params, "query_sq", "query_present")
+                self._add_param_grads(rec, self._params, "param_sq", "param_present", grad_scale)
+                self._add_param_grads(
+                    rec, self._query_params, "query_sq", "query_present", grad_scale
+                )
             n = len(self._row_steps)
             self._sum_buf[n].copy_(rec.sums)
             self._count_buf[n].copy_(rec.counts)
@@ -327,8 +337,10 @@ class Probe:
             rec.add("loss", 0, float(loss))
         rec.count("loss", 0, 1)
 
-    def _add_param_grads(self, rec: ops.Recording, params: list, name: str, present: str) -> None:
-        """Σ grad² per unit into ``name``; units without a gradient stay missing."""
+    def _add_param_grads(
+        self, rec: ops.Recording, params: list, name: str, present: str, scale: Any = None
+    ) -> None:
+        """Σ (grad / scale)² per unit into ``name``; units without a gradient stay missing."""
         grads, units = [], []
         for p, unit in params:
             g = p.grad
@@ -340,10 +352,10 @@ class Probe:
             units.append(unit)
         if not grads:
             return
-        norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
-        rec.views[name].index_add_(
-            0, rec.index(tuple(units)), torch.stack(norms).to(rec.device).square()
-        )
+        norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32)).to(rec.device)
+        if scale is not None:
+            norms = norms / torch.as_tensor(scale, dtype=torch.float32, device=rec.device)
+        rec.views[name].index_add_(0, rec.index(tuple(units)), norms.square())
         seen = tuple(sorted(set(units)))
         rec.count_views[present].index_fill_(0, rec.index(seen), 1)
 

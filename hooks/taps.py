@@ -139,6 +139,12 @@ class NativeTaps:
     def recording_now(self) -> bool:
         return self.model.recording is not None
 
+    def _projecting(self) -> bool:
+        """Whether the hooks add the wiring check's projections: in a compiled graph always
+        (one graph serves every recorded step, so nothing recompiles once the check is made),
+        in eager until the check is made."""
+        return torch.compiler.is_compiling() or not self.wiring_checked
+
     def check_wiring(self, rec: ops.Recording) -> None:
         """Nothing to check: this project's models record through their own ops."""
 
@@ -245,13 +251,15 @@ class ModuleTaps:
             rec = self.rec
             if rec is None or ops._in_recompute():
                 return
-            x = input_tensor(args, kwargs)
+            projecting = self._projecting()
+            x = input_tensor(args, kwargs) if projecting or sq_name is not None else None
             if x is None:
                 return
-            projection = wiring.project(x)
+            projection = wiring.project(x) if projecting else None
             sq = sum_sq(x) if sq_name is not None else None
             for k in indices:
-                rec.add(wire_name, k, projection)
+                if projecting:
+                    rec.add(wire_name, k, projection)
                 if sq_name is not None:
                     rec.add(sq_name, k, sq)
                     rec.count("norm_numel", k, x.numel())
@@ -261,7 +269,9 @@ class ModuleTaps:
     def _norm_output_hook(self, indices: list[int]) -> Callable:
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             rec = self.rec
-            out = None if rec is None or ops._in_recompute() else first_tensor(output)
+            if rec is None or ops._in_recompute() or not self._projecting():
+                return
+            out = first_tensor(output)
             if out is None:
                 return
             projection = wiring.project(out)
@@ -286,7 +296,8 @@ class ModuleTaps:
                         update = out.float() - residual.float()
                 rec.add("update_sq", index, sum_sq(update))
                 rec.count("update_numel", index, update.numel())
-                rec.add("wire_update", index, wiring.project(update))
+                if self._projecting():
+                    rec.add("wire_update", index, wiring.project(update))
             return replace_first_tensor(output, tapped(rec, out, "grad_sq", index))
 
         return hook
@@ -298,18 +309,27 @@ class ModuleTaps:
             if out is None:
                 return None
             if not ops._in_recompute():
+                projecting = self._projecting()
                 x = input_tensor(args, kwargs)
                 if x is not None and x.shape == out.shape:
                     rec.add("cos_sum", layer, cos_sum(x, out))
                     rec.count("cos_tokens", layer, out[..., 0].numel())
-                    rec.add("wire_in", layer, wiring.project(x))
+                    if projecting:
+                        rec.add("wire_in", layer, wiring.project(x))
                 rec.add("layer_out_sq", layer, sum_sq(out))
                 rec.count("layer_out_numel", layer, out.numel())
-                rec.add("wire_out", layer, wiring.project(out))
-                rec.count("wire_layer_calls", layer, 1)
+                if projecting:
+                    rec.add("wire_out", layer, wiring.project(out))
+                    rec.count("wire_layer_calls", layer, 1)
             return replace_first_tensor(output, tapped(rec, out, "layer_grad_sq", layer))
 
         return hook
+
+    def _projecting(self) -> bool:
+        """Whether the hooks add the wiring check's projections: in a compiled graph always
+        (one graph serves every recorded step, so nothing recompiles once the check is made),
+        in eager until the check is made."""
+        return torch.compiler.is_compiling() or not self.wiring_checked
 
     def check_wiring(self, rec: ops.Recording) -> None:
         """At the first recorded step that ran a layer: compare what discovery found with what

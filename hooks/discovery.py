@@ -367,7 +367,8 @@ def analyse_layer(layer: nn.Module, update_scale: float = 1.0) -> LayerSpec | st
         return f"its norms {carried} feed no sublayer (call order {' → '.join(seen)}); {expected}"
     if post_style:
         layouts = {"sandwich" if any(s.pre_norm is not None for s in sublayers) else "post-norm"}
-    layout = ", ".join(sorted(layouts)) or "pre-norm"
+    parallel = sorted(name for name in layouts if name.startswith("parallel"))
+    layout = ", ".join(parallel or sorted(layouts)) or "pre-norm"
     if any(s.adds_residual for s in sublayers):
         layout += ", residual added inside"
     return LayerSpec(layer, tuple(sublayers), layout, update_scale, names)

@@ -98,6 +98,10 @@ ARCHS: dict[str, Arch] = {
     "persimmon": Arch("persimmon", ("self_attn", "mlp")),
     "exaone4": Arch("exaone4", ("post_attention_layernorm", "post_feedforward_layernorm")),
     "nemotron": Arch("nemotron", ("self_attn", "mlp")),
+    "glm4": Arch("glm4", ("post_self_attn_layernorm", "post_mlp_layernorm")),
+    "cohere2": Arch("cohere2", ("self_attn", "mlp"), parallel=True),
+    "olmoe": Arch("olmoe", ("self_attn", "mlp")),
+    "helium": Arch("helium", ("self_attn", "mlp")),
 }
 
 # Refused, with the words their reason contains: encoders, and a post-LN layer that normalises

@@ -11,7 +11,7 @@ import torch
 from probe_checks import assert_recorded, batch, hook_count, read_run, reference_hf, train_steps
 
 from attnres_probe.hooks import LayerDiscoveryError, ProbeWarning, probe
-from attnres_probe.hooks.discovery import discover_layers
+from attnres_probe.hooks.discovery import Sublayer, discover_layers
 
 transformers = pytest.importorskip("transformers")
 
@@ -204,7 +204,7 @@ def test_training_with_dropout_before_the_residual_add_warns_once_and_records(tm
         ("gpt2", "pre-norm [ln_1 → attn; ln_2 → mlp]"),
         ("olmo2", "post-norm [self_attn → post_attention_layernorm; mlp → post_feedforward_"),
         ("gemma2", "sandwich [input_layernorm → self_attn → post_attention_layernorm; pre_"),
-        ("phi", "parallel, one norm, pre-norm [input_layernorm → self_attn; input_layernorm → mlp"),
+        ("phi", "parallel, one norm [input_layernorm → self_attn; input_layernorm → mlp]"),
         ("opt", "pre-norm [self_attn_layer_norm → self_attn; final_layer_norm → fc1+fc2]"),
         ("bloom", "pre-norm, residual added inside [input_layernorm → self_attention (adds the"),
         ("gpt_neox", "pre-norm [input_layernorm → attention → post_attention_dropout;"),
@@ -214,3 +214,48 @@ def test_training_with_dropout_before_the_residual_add_warns_once_and_records(tm
 def test_discovery_names_each_layout_by_the_layers_call_order(name, layout):
     spec = discover_layers(hf_build(name))[0]
     assert spec.describe().startswith(layout), spec.describe()
+
+
+def test_naming_post_norms_as_pre_norms_is_refused_and_a_sublayer_form_records_as_found(
+    tmp_path,
+):
+    model = hf_build("olmo2")
+    layers = model.model.layers
+    wrong = [
+        (b, [(b.post_attention_layernorm, b.self_attn), (b.post_feedforward_layernorm, b.mlp)])
+        for b in layers
+    ]
+    with pytest.raises(LayerDiscoveryError, match=r"layer 0 \(Olmo2DecoderLayer\) is not wired"):
+        with probe(model, tmp_path / "wrong", layers=wrong) as p:
+            hf_train(model, p, [hf_batch(0)])
+    named = [
+        (b, [Sublayer("attn", b.self_attn, post_norm=b.post_attention_layernorm),
+             Sublayer("mlp", b.mlp, post_norm=b.post_feedforward_layernorm)])
+        for b in layers
+    ]  # fmt: skip
+    for name, form in (("named", named), ("found", None)):
+        with probe(model, tmp_path / name, layers=form) as p:
+            with torch.no_grad():
+                model(hf_batch(0)[:, :-1])
+            p.step()
+    for variable in ("hidden_rms", "update_rms", "layer_output_rms"):
+        np.testing.assert_array_equal(
+            read_run(tmp_path / "named")[variable].values,
+            read_run(tmp_path / "found")[variable].values,
+        )
+
+
+def test_a_hybrid_stack_of_two_layer_classes_is_found_and_recorded(tmp_path):
+    from hf_models import tiny_config
+
+    config = tiny_config(
+        "jamba", attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
+        expert_layer_offset=1, use_mamba_kernels=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    with probe(model, tmp_path / "run") as p:
+        hf_train(model, p, [hf_batch(0)])
+    ds = read_run(tmp_path / "run")
+    assert ds["kind"].values.tolist() == ["mamba", "mlp", "attn", "mlp"]
+    assert np.isfinite(ds["grad_norm"].values).all()

@@ -80,10 +80,11 @@ class Probe:
     as a context manager (statistics are taken only inside the ``with``). A probe records one
     run: once closed it cannot be entered again.
 
-    model: this project's ``Transformer`` (statistics from its ops and forward), or any PreNorm
-    decoder such as a Hugging Face GPT-2 or Llama (module hooks; layers found automatically, or
-    named by ``layers`` as in ``attnres_probe.hooks.discovery``); DDP/FSDP wrappers and
-    ``torch.compile`` are looked through.
+    model: this project's ``Transformer`` (statistics from its ops and forward), or any decoder
+    with an additive residual stream such as a Hugging Face GPT-2, Llama, Gemma 2 or OLMo 2
+    (module hooks; layers and their layout found automatically, or named by ``layers`` as in
+    ``attnres_probe.hooks.discovery``; checked at the first recorded step, ``hooks.wiring``);
+    DDP/FSDP wrappers and ``torch.compile`` are looked through.
     attrs: extra run attributes. strict: raise on store failures instead of warning once.
     flush_every: recorded steps per device->host copy and store flush.
     on_nonfinite(step, count): called when a flushed step holds non-finite statistics.

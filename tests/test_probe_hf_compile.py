@@ -33,7 +33,7 @@ def test_a_compiled_llama_records_what_eager_does_without_graph_breaks_or_recomp
 ):
     steps = 3 if every == 1 else 12
     batches = [batch(i) for i in range(steps)]
-    model = build("llama")
+    model = build("llama", n_layers=1)  # one layer: the hooks are the same, compiling is faster
     eager = copy.deepcopy(model)
     with probe(eager, tmp_path / "eager", every=every) as p:
         train(eager, p, batches)

@@ -12,7 +12,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+source"
 
-__all__ = ["ModelConfig", "build_model", "open_run", "__version__"]
+__all__ = ["ModelConfig", "build_model", "open_run", "prune_model", "__version__"]
 
 
 def __getattr__(name: str):
@@ -25,6 +25,10 @@ def __getattr__(name: str):
         from attnres_probe.store import open_run
 
         return open_run
+    if name == "prune_model":
+        from attnres_probe.analysis.pruning import prune_model
+
+        return prune_model
     if name in ("ops", "hooks", "store", "analysis", "figures", "train", "data", "kernels"):
         import importlib
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from attnres_probe import ops
+from attnres_probe.hooks.wiring import PROJECTIONS
 from attnres_probe.store.schema import recorded_variables
 
 # Where a layer's output (what it hands on) is read from:
@@ -43,7 +44,10 @@ class ProbeShape:
     grad_from_norm: ``grad_norm[l]`` is the fused add + norm statistic of site ``l + 1``
     (baseline, where ∂L/∂f_l = ∂L/∂(h_l + f_l)) instead of a tap on f_l;
     layer_output: one of ``LAYER_OUTPUTS``; layer_grad: "update" or "own" (see there);
-    width: model width, for counts known per token (this project's models), else 0.
+    width: model width, for counts known per token (this project's models), else 0;
+    wiring: keep the wiring check's projections (``hooks.wiring``; module hooks);
+    update_scale [n_sublayers]: the factor each update is multiplied by before the residual
+    add (empty: 1), applied to ``update_rms`` and, inverted, to ``grad_norm``.
     """
 
     layer_of: tuple[int, ...]
@@ -56,6 +60,8 @@ class ProbeShape:
     layer_output: str = "own"
     layer_grad: str = "own"
     width: int = 0
+    wiring: bool = False
+    update_scale: tuple[float, ...] = ()
 
     @property
     def n_sublayers(self) -> int:
@@ -110,6 +116,12 @@ class RowLayout:
             self.counts["layer_out_numel"] = n_layers
         if shape.layer_grad == "own":
             self._grad("layer_grad_sq", (n_layers,))
+        if shape.wiring:  # linear projections checked at the first recorded step
+            for name, rows in (("wire_in", n_layers), ("wire_out", n_layers)):
+                self.sums[name] = (rows, PROJECTIONS)
+            for name in ("wire_stream", "wire_update", "wire_norm_out", "wire_sub_in"):
+                self.sums[name] = (n_sub, PROJECTIONS)
+            self.counts["wire_layer_calls"] = n_layers
         if shape.has_queries:
             self.sums["query_sq"] = (n_sites,)  # Σ grad² of each pseudo-query and key scale
             self.counts["query_present"] = n_sites
@@ -175,6 +187,10 @@ class RowLayout:
             grad_norm = grad[:, 1:]
         else:
             grad_norm = _grad_norm(s["grad_sq"], c["grad_sq_hits"], grad_scale)
+        if shape.update_scale:  # u = scale × f: RMS × |scale|, ∂L/∂u = (∂L/∂f) / scale
+            scale = np.abs(np.asarray(shape.update_scale, dtype=np.float64))
+            update_rms = update_rms * scale
+            grad_norm = grad_norm / scale
         out: dict[str, np.ndarray] = {
             "loss": _mean(s["loss"][:, 0], c["loss"][:, 0]),
             "hidden_rms": hidden_rms[:, :n_sub],

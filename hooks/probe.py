@@ -80,10 +80,11 @@ class Probe:
     as a context manager (statistics are taken only inside the ``with``). A probe records one
     run: once closed it cannot be entered again.
 
-    model: this project's ``Transformer`` (statistics from its ops and forward), or any PreNorm
-    decoder such as a Hugging Face GPT-2 or Llama (module hooks; layers found automatically, or
-    named by ``layers`` as in ``attnres_probe.hooks.discovery``); DDP/FSDP wrappers and
-    ``torch.compile`` are looked through.
+    model: this project's ``Transformer`` (statistics from its ops and forward), or any decoder
+    with an additive residual stream such as a Hugging Face GPT-2, Llama, Gemma 2 or OLMo 2
+    (module hooks; layers and their layout found automatically, or named by ``layers`` as in
+    ``attnres_probe.hooks.discovery``; checked at the first recorded step, ``hooks.wiring``);
+    DDP/FSDP wrappers and ``torch.compile`` are looked through.
     attrs: extra run attributes. strict: raise on store failures instead of warning once.
     flush_every: recorded steps per device->host copy and store flush.
     on_nonfinite(step, count): called when a flushed step holds non-finite statistics.
@@ -160,7 +161,8 @@ class Probe:
         if self._layers is None and is_native(module):
             self.taps = NativeTaps(module)
         else:
-            self.taps = ModuleTaps(discover_layers(module, self._layers))
+            config = getattr(module, "config", None)
+            self.taps = ModuleTaps(discover_layers(module, self._layers), config)
         self.layout = layout = RowLayout(self.taps.shape)
         self.rec = rec = layout.recording(device, self.taps.sources_at)
         n_sums, n_counts = rec.sums.numel(), rec.counts.numel()
@@ -259,9 +261,17 @@ class Probe:
         """Whether step ``step`` is (or would be) recorded."""
         return not self._disabled and step % self.every == 0
 
-    def step(self, loss: torch.Tensor | float | None = None) -> None:
+    def step(
+        self,
+        loss: torch.Tensor | float | None = None,
+        grad_scale: torch.Tensor | float | None = None,
+    ) -> None:
         """Close the current step: add ``loss`` (a scalar) and the parameter gradients as they
-        are now (call after backward, before clipping), and flush when the buffer is full."""
+        are now (call after backward, before clipping), and flush when the buffer is full.
+
+        grad_scale: the factor the parameter gradients were multiplied by since backward (a
+        clip coefficient, for a loop that cannot call ``p.step`` before clipping; a float or a
+        0-d device tensor, read without a host sync): the recorded norms are divided by it."""
         if not self._entered:
             raise ProbeError("p.step() called outside the `with probe(...)` block")
         if threading.get_ident() != self._thread:
@@ -293,11 +303,16 @@ class Probe:
         elif self.records(k):
             rec = self.rec
             rec.settle()
+            # Once, at the first recorded step with a forward: one device->host copy, and a
+            # LayerDiscoveryError if a layer does not compute what was discovered.
+            self.taps.check_wiring(rec)
             if loss is not None:
                 self._add_loss(rec, loss)
             if rec.backward_seen:  # parameter gradients belong to this step
-                self._add_param_grads(rec, self._params, "param_sq", "param_present")
-                self._add_param_grads(rec, self._query_params, "query_sq", "query_present")
+                self._add_param_grads(rec, self._params, "param_sq", "param_present", grad_scale)
+                self._add_param_grads(
+                    rec, self._query_params, "query_sq", "query_present", grad_scale
+                )
             n = len(self._row_steps)
             self._sum_buf[n].copy_(rec.sums)
             self._count_buf[n].copy_(rec.counts)
@@ -323,8 +338,10 @@ class Probe:
             rec.add("loss", 0, float(loss))
         rec.count("loss", 0, 1)
 
-    def _add_param_grads(self, rec: ops.Recording, params: list, name: str, present: str) -> None:
-        """Σ grad² per unit into ``name``; units without a gradient stay missing."""
+    def _add_param_grads(
+        self, rec: ops.Recording, params: list, name: str, present: str, scale: Any = None
+    ) -> None:
+        """Σ (grad / scale)² per unit into ``name``; units without a gradient stay missing."""
         grads, units = [], []
         for p, unit in params:
             g = p.grad
@@ -336,10 +353,10 @@ class Probe:
             units.append(unit)
         if not grads:
             return
-        norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
-        rec.views[name].index_add_(
-            0, rec.index(tuple(units)), torch.stack(norms).to(rec.device).square()
-        )
+        norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32)).to(rec.device)
+        if scale is not None:
+            norms = norms / torch.as_tensor(scale, dtype=torch.float32, device=rec.device)
+        rec.views[name].index_add_(0, rec.index(tuple(units)), norms.square())
         seen = tuple(sorted(set(units)))
         rec.count_views[present].index_fill_(0, rec.index(seen), 1)
 

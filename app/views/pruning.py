@@ -117,5 +117,8 @@ if picked is not None:
         else:
             st.info(
                 "This run has no checkpoint (checkpoint.safetensors), so pruning cannot be "
-                "measured; runs made with `attnres-probe train` save one at the end."
+                "measured here; runs made with `attnres-probe train` save one at the end. "
+                + pruning_analysis.NO_CHECKPOINT_HINT[0].upper()
+                + pruning_analysis.NO_CHECKPOINT_HINT[1:]
+                + "; the results then show on this page."
             )

@@ -21,14 +21,20 @@ Results live in the run store as static variables on a ``unit`` dim (see ``STORE
 per unit, every granularity and removal side by side (coordinates ``granularity`` and
 ``removal``; results stored before removal modes existed are ``"zero"``).
 
-Only :func:`prune_run` needs torch; everything else reads xarray.
+:func:`prune_model` measures the same for any model the probe reads (a Hugging Face decoder, or
+a model trained in one's own loop) on batches the caller hands in: a unit removed means its
+update is not added to the stream ("zero" removal), through the layers the probe discovers;
+``run=`` stores the results in that run like ``prune`` does.
+
+Only :func:`prune_run` and :func:`prune_model` need torch; everything else reads xarray.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -60,6 +66,13 @@ STORED = {
     "prune_batches": "held-out batches each loss averages",
 }
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, unit just evaluated)
+# How a run without a checkpoint is pruned (the messages of prune, export and the dashboard).
+NO_CHECKPOINT_HINT = (
+    "a run recorded from your own training loop is measured from Python on the live model: "
+    "attnres_probe.prune_model(model, batches, run=RUN); for this project's models, "
+    "attnres_probe.checkpoint.save_checkpoint(RUN, model.state_dict(), model.cfg.to_dict()) "
+    "saves the checkpoint `attnres-probe prune RUN` reads"
+)
 
 
 # ----------------------------------------------------------------------------- removal
@@ -160,7 +173,8 @@ def pruning_results(
     that is (0-d base loss: one evaluation has one intact-model loss)."""
     if "prune_loss" not in ds.data_vars:
         raise AnalysisError(
-            f"run {run_name(ds)!r} has no pruning results; run `attnres-probe prune RUN` first"
+            f"run {run_name(ds)!r} has no pruning results; run `attnres-probe prune RUN` first "
+            f"(runs with a checkpoint), or {NO_CHECKPOINT_HINT}"
         )
     n = ds.sizes["unit"]
     removals = (
@@ -343,13 +357,13 @@ def prune_run(
     """
     import torch
 
-    from attnres_probe.checkpoint import model_config, read_checkpoint_config, training_config
+    from attnres_probe.checkpoint import model_config, training_config
     from attnres_probe.train import evaluate, load_for_evaluation
 
     if batches < 1:
         raise AnalysisError(f"batches={batches} must be at least 1")
     run_dir = _run_dir(run)
-    config = read_checkpoint_config(run_dir)
+    config = checkpoint_config(run_dir)
     model_cfg = model_config(config, run_dir)
     train_cfg = training_config(config)
     unit_rows = units(model_cfg.residual, model_cfg.n_layers, model_cfg.n_blocks, granularity)
@@ -390,6 +404,170 @@ def prune_run(
     if save:
         save_results(run_dir, results)
     return results
+
+
+def checkpoint_config(run: str | Path) -> dict:
+    """The run's checkpoint configuration (``checkpoint.read_checkpoint_config``); a run
+    without a checkpoint is told how to be pruned all the same (:data:`NO_CHECKPOINT_HINT`)."""
+    from attnres_probe.checkpoint import (
+        CHECKPOINT_FILE,
+        CheckpointNotFoundError,
+        read_checkpoint_config,
+    )
+
+    try:
+        return read_checkpoint_config(run)
+    except CheckpointNotFoundError as err:
+        path = _run_dir(run)
+        if (path / CHECKPOINT_FILE).is_file():
+            raise
+        raise CheckpointNotFoundError(f"{err}; {NO_CHECKPOINT_HINT}") from None
+
+
+def prune_model(
+    model: Any,
+    batches: Iterable[Any],
+    loss_fn: Callable[[Any, Any], Any] | None = None,
+    granularity: str = "layer",
+    run: str | Path | None = None,
+    layers: Any = None,
+    progress: ProgressCallback | None = None,
+) -> xr.Dataset:
+    """Remove each layer (or sublayer) of ``model`` in turn on ``batches`` and return the held-out
+    loss increase on dim ``unit``, as :func:`prune_run` does for a run's checkpoint.
+
+    A unit removed means its update is not added to the residual stream ("zero" removal): the
+    output its update is read from (the probe's discovered layers, or ``layers=`` as for the
+    probe) is replaced by zeros, or, where the sublayer adds the stream itself, by the stream it
+    was handed. ``loss_fn(model, batch)`` -> scalar loss; default: ``model(**batch).loss`` for
+    a dict batch (it needs ``labels``), next-token cross-entropy of ``model(batch)`` for a
+    tensor of token ids [B, T]. The model runs in eval mode without gradients and is left as it
+    was. ``run``: store the results in that run (its recording must have the model's layers),
+    beside other granularities, so ``info``, ``export --figure pruning`` and the dashboard show
+    them.
+    """
+    import torch
+
+    from attnres_probe.hooks.discovery import discover_layers
+    from attnres_probe.hooks.ranks import unwrap
+
+    if granularity not in ("layer", "sublayer"):
+        raise AnalysisError(f"granularity={granularity!r} is not one of layer, sublayer")
+    batches = list(batches)
+    if not batches:
+        raise AnalysisError("batches is empty; pass at least one held-out batch")
+    module = unwrap(model)
+    specs = discover_layers(module, layers)
+    unit_rows, first = [], 0
+    for index, spec in enumerate(specs):
+        stop = first + len(spec.sublayers)
+        if granularity == "layer":
+            unit_rows.append((f"L{index}", first, stop))
+        else:
+            unit_rows += [
+                (f"L{index}.{sub.kind}", first + i, first + i + 1)
+                for i, sub in enumerate(spec.sublayers)
+            ]
+        first = stop
+    if run is not None:
+        _check_run_matches(run, len(specs), first)
+    sublayers = [sub for spec in specs for sub in spec.sublayers]
+    removed: set[int] = set()
+    handles = [
+        sub.exit.register_forward_hook(_removal_hook(sub, index, removed), with_kwargs=True)
+        for index, sub in enumerate(sublayers)
+    ]
+    loss_fn = loss_fn or default_loss
+    was_training = module.training
+    module.eval()
+    total = len(unit_rows) + 1
+
+    def held_out_loss() -> float:
+        return sum(float(loss_fn(model, b)) for b in batches) / len(batches)
+
+    try:
+        with torch.no_grad():
+            base = held_out_loss()
+            if progress is not None:
+                progress(1, total, "intact model")
+            losses = []
+            for i, (name, start, stop) in enumerate(unit_rows):
+                removed.update(range(start, stop))
+                try:
+                    losses.append(held_out_loss())
+                finally:
+                    removed.clear()
+                if progress is not None:
+                    progress(i + 2, total, name)
+    finally:
+        for handle in handles:
+            handle.remove()
+        module.train(was_training)
+    attrs = {"batches": len(batches), "model_class": type(module).__name__}
+    results = results_dataset(unit_rows, granularity, losses, base, attrs, "zero")
+    if run is not None:
+        save_results(run, results)
+    return results
+
+
+def _removal_hook(sub: Any, index: int, removed: set[int]) -> Callable:
+    """A forward hook dropping sublayer ``index``'s update while it is in ``removed``."""
+    from attnres_probe.hooks.discovery import residual_position
+    from attnres_probe.hooks.taps import first_tensor, replace_first_tensor
+
+    at = residual_position(sub.modules[-1]) if sub.adds_residual else None
+
+    def hook(module, args, kwargs, output):
+        if index not in removed:
+            return None
+        out = first_tensor(output)
+        if out is None:
+            return None
+        if sub.adds_residual:  # its output is stream + update: hand on the stream alone
+            residual = kwargs.get("residual")
+            if residual is None and at is not None and len(args) > at:
+                residual = args[at]
+            return replace_first_tensor(output, residual)
+        return replace_first_tensor(output, out.new_zeros(out.shape))
+
+    return hook
+
+
+def default_loss(model: Any, batch: Any) -> Any:
+    """``model(**batch).loss`` for a dict batch; next-token cross-entropy of ``model(batch)``
+    (its ``logits``, or the tensor it returns) for token ids [B, T]."""
+    import torch
+    import torch.nn.functional as F
+
+    if isinstance(batch, dict):
+        loss = getattr(model(**batch), "loss", None)
+        if loss is None:
+            raise AnalysisError(
+                f"the model returned no loss for a batch with keys {sorted(batch)}; put "
+                "'labels' in each batch or pass loss_fn=lambda model, batch: ..."
+            )
+        return loss
+    if not isinstance(batch, torch.Tensor) or batch.ndim != 2:
+        raise AnalysisError(
+            f"a batch of type {type(batch).__name__} is neither a dict of model inputs nor token "
+            "ids [B, T]; pass loss_fn=lambda model, batch: ... returning a scalar loss"
+        )
+    out = model(batch[:, :-1])
+    logits = getattr(out, "logits", out)
+    return F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
+
+
+def _check_run_matches(run: str | Path, n_layers: int, n_sublayers: int) -> None:
+    """The run's recording has the model's layers and sublayers (results are stored by index)."""
+    from attnres_probe.store import open_run
+
+    ds = open_run(_run_dir(run))
+    have = (ds.sizes.get("layer", 0), ds.sizes.get("sublayer", 0))
+    if have != (n_layers, n_sublayers):
+        raise AnalysisError(
+            f"run {run} records {have[0]} layers and {have[1]} sublayers but the model has "
+            f"{n_layers} and {n_sublayers}; pass the run this model was recorded into"
+        )
 
 
 def _run_dir(run: str | Path) -> Path:

@@ -41,7 +41,8 @@ def pruning(
     if not compared:
         raise AnalysisError(
             f"none of {', '.join(runs)} has pruning results by {granularity}; run "
-            f"`attnres-probe prune RUN --granularity {granularity}` first"
+            f"`attnres-probe prune RUN --granularity {granularity}` first (runs with a "
+            f"checkpoint), or {pruning_analysis.NO_CHECKPOINT_HINT}"
         )
 
     def rho_line(proxy: str) -> str:

@@ -58,6 +58,7 @@ PARITY_FILES = (
     "tests/test_kernels_dispatch.py",
     "tests/test_kernels_model.py",
     "tests/test_attnres_op.py",
+    "tests/test_kernels_custom_ops.py",
 )
 # A fast subset for the dry run: each kernel's parity test at its first shape, float32.
 DRY_RUN_PARITY = "matches_reference_forward_and_gradients and (shape0 or case0) and dtype0"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 ROOT_ENV = "ATTNRES_PROBE_ROOT"
+COMMAND_ENV = "ATTNRES_PROBE_COMMAND"  # the command line as the user runs it, for hints
 
 # What the dashboard reads (and writes pruning results into) inside a run directory.
 RUN_PARTS = ("recording.zarr", "checkpoint.safetensors", "config.json")

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from attnres_probe.cli.common import err_console, library_errors, out_console
+from attnres_probe.cli.common import (
+    command_name,
+    err_console,
+    fail,
+    library_errors,
+    out_console,
+)
 from attnres_probe.cli.main import app
 
 
@@ -81,6 +88,36 @@ def _rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _runs_below(path: Path) -> list:
+    """The runs in folder ``path`` when it is a folder of runs rather than a run, else []."""
+    from attnres_probe.store import list_runs
+
+    if not path.is_dir() or path.name.endswith(".zarr") or (path / "recording.zarr").exists():
+        return []
+    return [r for r in list_runs(path) if r.name != "."]
+
+
+def _print_runs(root: Path, runs: list, as_json: bool) -> None:
+    from dataclasses import asdict
+
+    from rich.table import Table
+    from rich.text import Text
+
+    if as_json:
+        typer.echo(json.dumps([asdict(r) for r in runs], indent=2, ensure_ascii=False))
+        return
+    table = Table(title=f"{len(runs)} runs under {root}", title_justify="left", box=None)
+    table.add_column("run", min_width=min(40, max(len(r.name) for r in runs)), overflow="fold")
+    for name in ("state", "kind", "layers", "recorded steps", "last step", "last loss"):
+        table.add_column(name, justify="left" if name in ("state", "kind") else "right")
+    for r in runs:
+        cells = (r.name, r.status, r.residual, r.n_layers, r.n_steps, r.last_step, r.last_loss)
+        table.add_row(*(Text(_fmt(c)) for c in cells))
+    out_console.print(table)
+    example = shlex.quote(str(root / runs[0].name))
+    out_console.print(f"one in detail: {command_name()} info {example}", highlight=False)
+
+
 @app.command()
 def info(
     run: Annotated[Path, typer.Argument(help="Run directory (or its .zarr store).")],
@@ -90,10 +127,17 @@ def info(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Summarise a run: model, steps recorded and its headline depth-dynamics numbers."""
+    """Summarise a run: model, steps recorded and its headline depth-dynamics numbers; given a
+    folder of runs, list them."""
     from rich.table import Table
     from rich.text import Text
 
+    listed = _runs_below(run)
+    if listed:
+        if repair:
+            raise fail(f"{run} is a folder of {len(listed)} runs; --repair mends one: name it")
+        _print_runs(run, listed, as_json)
+        return
     with library_errors():
         from attnres_probe.analysis.summary import run_summary
         from attnres_probe.checkpoint import checkpoint_facts

@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from attnres_probe.cli.common import LazyProgress, err_console, fail, library_errors, out_console
+from attnres_probe.cli.common import (
+    LazyProgress,
+    err_console,
+    fail,
+    library_errors,
+    out_console,
+    torch_device,
+)
 from attnres_probe.cli.main import app
 
 
@@ -97,24 +104,3 @@ def prune(
         rho = table_data.attrs.get(f"spearman_{p}", float("nan"))
         shown = f"{rho:.3f}" if rho == rho else "undefined (needs 3 units with both values)"
         out_console.print(f"Spearman ρ({p}, increase) = {shown}", highlight=False)
-
-
-def torch_device(name: str) -> str:
-    """``name`` when torch knows the device and this machine has it: a usage error (exit 2)
-    for a name that is no device, a failure (exit 1) for a device missing here."""
-    import torch
-
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise fail(f"--device {name!r} is not a torch device; use e.g. cpu or cuda", 2) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise fail(f"--device {name}: this machine has no CUDA device; use --device cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise fail(
-            f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); "
-            "use --device cuda:0"
-        )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise fail(f"--device {name}: this machine has no MPS device; use --device cpu")
-    return name

@@ -11,6 +11,7 @@ from attnres_probe.cli.common import (
     err_console,
     library_errors,
     out_console,
+    torch_device,
     usage_errors,
     writable_folder,
 )
@@ -20,14 +21,18 @@ from attnres_probe.cli.main import app
 @app.command()
 def train(
     residual: Annotated[
-        str, typer.Option(help="Residual kind: baseline, full or block.")
+        str,
+        typer.Option(
+            metavar="baseline|full|block",
+            help="Residual kind: PreNorm baseline, Full AttnRes or Block AttnRes.",
+        ),
     ] = "baseline",
-    layers: Annotated[int, typer.Option(help="Transformer layers (2 sublayers each).")] = 8,
+    layers: Annotated[int, typer.Option(help="Transformer layers (2 sublayers each).")] = 16,
     d_model: Annotated[int, typer.Option("--d-model", help="Model width.")] = 64,
     n_heads: Annotated[int, typer.Option("--n-heads", help="Attention heads.")] = 4,
-    n_blocks: Annotated[int, typer.Option("--n-blocks", help="Blocks (block kind only).")] = 4,
-    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 200,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per step.")] = 16,
+    n_blocks: Annotated[int, typer.Option("--n-blocks", help="Blocks (block kind only).")] = 8,
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 300,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per step.")] = 8,
     seq_len: Annotated[int, typer.Option("--seq-len", help="Bytes per sequence.")] = 64,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
     seed: Annotated[int, typer.Option(help="Seed for weights and data order.")] = 0,
@@ -40,6 +45,7 @@ def train(
         Path | None,
         typer.Option(help="Run directory; default: runs/RESIDUAL-sSEED (e.g. runs/block-s0)."),
     ] = None,
+    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
 ) -> None:
     """Train a byte-level model on a corpus, recording its depth dynamics into a run directory."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -67,6 +73,7 @@ def train(
             data=str(data) if data is not None else None,
             record_every=every,
         )
+    device = torch_device(device)
     run_dir = writable_folder(out or Path("runs") / f"{residual}-s{seed}")
     with library_errors():
         corpus = ByteCorpus.load(train_cfg.data)
@@ -84,7 +91,9 @@ def train(
             def on_step(step: int, loss: float, tokens_per_s: float) -> None:
                 progress.update(task, completed=step + 1, loss=loss, tps=tokens_per_s)
 
-            result = run_training(model_cfg, train_cfg, run_dir, on_step=on_step, corpus=corpus)
+            result = run_training(
+                model_cfg, train_cfg, run_dir, on_step=on_step, device=device, corpus=corpus
+            )
     out_console.print(
         f"{run_dir}: {steps} steps in {result.seconds:.1f} s ({result.steps_per_s:.2f} steps/s), "
         f"final train loss {result.losses[-1]:.4f}, held-out loss {result.held_out_loss:.4f}",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,11 +74,17 @@ def library_errors() -> Iterator[None]:
     except (click_errors.ClickException, typer.Exit, typer.Abort, KeyboardInterrupt):
         raise
     except (ValueError, OSError) as err:
-        raise fail(str(err) or type(err).__name__) from None
+        raise fail(_as_run(str(err) or type(err).__name__)) from None
     except Exception as err:
         if _from_library(err):
-            raise fail(str(err) or type(err).__name__) from None
+            raise fail(_as_run(str(err) or type(err).__name__)) from None
         raise
+
+
+def _as_run(message: str) -> str:
+    """A library message whose suggested commands (```attnres-probe …```) name the command
+    line as the user runs it."""
+    return message.replace(f"`{PROGRAM} ", f"`{command_name()} ")
 
 
 @contextlib.contextmanager
@@ -124,3 +132,52 @@ def writable_file(path: Path, option: str = "--out") -> Path:
     if why is not None:
         raise fail(f"{option} {path} cannot be written: {why}; pass a path you can write to")
     return path
+
+
+PROGRAM = "attnres-probe"
+
+
+def command_name(argv0: str | None = None) -> str:
+    """The command line as the user runs it, for the commands it suggests: ``attnres-probe``
+    when that is what the shell finds, else the path typed (``.venv/bin/attnres-probe``), or
+    ``python -m attnres_probe.cli``."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    name = os.path.basename(argv0)
+    if name == "__main__.py":
+        python = os.path.basename(sys.executable)
+        same = shutil.which(python) and os.path.samefile(shutil.which(python), sys.executable)
+        return f"{python if same else _shown_path(sys.executable)} -m attnres_probe.cli"
+    if name != PROGRAM or os.sep not in argv0:
+        return PROGRAM
+    found = shutil.which(PROGRAM)
+    if found and os.path.exists(argv0) and os.path.samefile(found, argv0):
+        return PROGRAM
+    return _shown_path(argv0)
+
+
+def _shown_path(path: str) -> str:
+    """``path`` relative to the working directory when below it, else absolute."""
+    full = os.path.abspath(path)
+    rel = os.path.relpath(full)
+    return rel if not rel.startswith("..") else full
+
+
+def torch_device(name: str) -> str:
+    """``name`` when torch knows the device and this machine has it: a usage error (exit 2)
+    for a name that is no device, a failure (exit 1) for a device missing here."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise fail(f"--device {name!r} is not a torch device; use e.g. cpu or cuda", 2) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise fail(f"--device {name}: this machine has no CUDA device; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise fail(
+            f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+            "use --device cuda:0"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise fail(f"--device {name}: this machine has no MPS device; use --device cpu")
+    return name

@@ -28,9 +28,17 @@ class FigureChoice(enum.StrEnum):
     depth_heatmap = "depth-heatmap"
     depth_entropy = "depth-entropy"
     grad_depth = "grad-depth"
+    grad_map = "grad-map"
+    update_map = "update-map"
     pruning = "pruning"
+    prune_path = "prune-path"
     loss = "loss"
     all = "all"
+
+
+class SeedChoice(enum.StrEnum):
+    band = "band"
+    each = "each"
 
 
 FIGURE_NAMES = tuple(f.value for f in FigureChoice if f is not FigureChoice.all)
@@ -75,10 +83,20 @@ def plan_targets(
 
 @app.command()
 def export(
-    runs: Annotated[list[Path], typer.Argument(help="Run directories (or their .zarr stores).")],
+    runs: Annotated[
+        list[Path],
+        typer.Argument(metavar="RUN", help="Run directories (or their .zarr stores)."),
+    ],
     figure: Annotated[
         list[FigureChoice],
-        typer.Option("--figure", "-f", help="Figure to draw; repeat for several, or 'all'."),
+        typer.Option(
+            "--figure",
+            "-f",
+            metavar="FIGURE",
+            help="Figure to draw, repeat for several: "
+            + ", ".join(f.value for f in FigureChoice)
+            + ".",
+        ),
     ] = ALL_FIGURES,  # noqa: B006 (typer reads the default, never mutates it)
     fmt: Annotated[
         str | None,
@@ -93,6 +111,7 @@ def export(
         typer.Option(
             "--out",
             "-o",
+            metavar="PATH",
             help="A file for one figure (its suffix gives the format), or a folder (ends in / "
             f"or has no suffix) of FIGURE.FORMAT files; default: {DEFAULT_FOLDER}/.",
         ),
@@ -114,6 +133,12 @@ def export(
         float,
         typer.Option(min=0.1, max=10.0, help="Pixel density of PNG/JPEG/WebP (2: twice sharper)."),
     ] = 1.0,
+    seeds: Annotated[
+        SeedChoice,
+        typer.Option(
+            help="Runs that differ only in seed: their mean ± sd (band) or each run on its own."
+        ),
+    ] = SeedChoice.band,
     self_contained: Annotated[
         bool,
         typer.Option(
@@ -138,7 +163,9 @@ def export(
         built = []
         for name in names:
             try:
-                built.append((name, figures.make_figure(name, datasets, step=step)))
+                built.append(
+                    (name, figures.make_figure(name, datasets, step=step, seeds=seeds.value))
+                )
             except AnalysisError as err:
                 if len(names) == 1:
                     raise

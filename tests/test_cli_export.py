@@ -120,6 +120,7 @@ def test_export_all_figures_of_two_runs_writes_one_png_each(runs, tmp_path):
     r = invoke("export", runs["baseline"], runs["full"], "--format", "png", "--out", out)
     assert r.exit_code == 0, r.output
     assert "skipped pruning" in r.stderr  # no pruning results yet: said, not fatal
+    assert "skipped prune-path" in r.stderr
     written = sorted(p.name for p in out.iterdir())
     assert written == sorted(
         f"{n}.png"
@@ -129,6 +130,8 @@ def test_export_all_figures_of_two_runs_writes_one_png_each(runs, tmp_path):
             "depth-heatmap",
             "depth-entropy",
             "grad-depth",
+            "grad-map",
+            "update-map",
             "loss",
         )
     )
@@ -215,9 +218,15 @@ def test_html_export_of_several_figures_shares_one_plotly_js(runs, tmp_path):
     r = invoke("export", runs["baseline"], runs["full"], "--format", "html", "-o", out)
     assert r.exit_code == 0, r.output
     pages = sorted(out.glob("*.html"))
-    assert len(pages) == 6 and (out / "plotly.min.js").is_file()
+    assert len(pages) == 8 and (out / "plotly.min.js").is_file()
     assert sum(p.stat().st_size for p in pages) < 2_000_000
     r = invoke(
         "export", runs["baseline"], "-f", "loss", "-o", tmp_path / "one.html", "--self-contained"
     )
     assert r.exit_code == 0 and (tmp_path / "one.html").stat().st_size > 1_000_000
+
+
+def test_the_figures_export_offers_are_the_figures_the_library_draws():
+    from attnres_probe.cli.cmd_export import FIGURE_NAMES
+
+    assert set(FIGURE_NAMES) == set(figures.FIGURES)

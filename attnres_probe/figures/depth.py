@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import plotly.graph_objects as go
 import xarray as xr
@@ -9,20 +11,24 @@ from plotly.subplots import make_subplots
 
 from attnres_probe.analysis import depth as depth_analysis
 from attnres_probe.analysis.select import DEFAULT_FRACTION, AnalysisError, snapshot
+from attnres_probe.figures.profiles import add_series_line, window_note
 from attnres_probe.figures.style import (
+    Labelled,
     Runs,
-    apply_style,
     as_runs,
+    finish,
+    grid,
+    heatmap_height,
     integer_ticks,
     plot_text,
-    run_colours,
+    run_series,
     site_labels,
 )
 
 
-def _attnres_runs(runs: Runs, what: str) -> dict[str, xr.Dataset]:
+def _attnres_runs(runs: Runs, what: str) -> Labelled:
     runs = as_runs(runs)
-    kept = {n: ds for n, ds in runs.items() if "depth_weights" in ds.data_vars}
+    kept = Labelled((n, ds) for n, ds in runs.items() if "depth_weights" in ds.data_vars)
     if not kept:
         raise AnalysisError(
             f"{what} needs a full or block AttnRes run; {', '.join(runs)} recorded no depth weights"
@@ -30,60 +36,127 @@ def _attnres_runs(runs: Runs, what: str) -> dict[str, xr.Dataset]:
     return kept
 
 
+def _group_mean(arrays: list[xr.DataArray]) -> xr.DataArray:
+    """The element-wise mean of a seed group's arrays (NaN where a source is absent)."""
+    if len(arrays) == 1:
+        return arrays[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = xr.concat(arrays, dim="run", join="override").mean("run", skipna=True)
+    out.attrs = arrays[0].attrs
+    return out
+
+
+def _columns(panel: xr.DataArray) -> list:
+    """Column positions: numbers stay numbers (a step axis gets a few ticks), names are text."""
+    values = panel.coords[panel.dims[1]].values
+    if np.issubdtype(values.dtype, np.number):
+        return values.tolist()
+    return [plot_text(str(c)) for c in values]
+
+
+def heatmap_panels(
+    panels: list[tuple[str, xr.DataArray]],
+    x_title: str,
+    y_title: str,
+    coloraxis: dict,
+    hover: str,
+    max_cols: int = 3,
+) -> go.Figure:
+    """Small multiples of [row, column] heatmaps, each row labelled, titles and labels never
+    overprinting: at most ``max_cols`` side by side, every row :data:`ROW_PX` tall, row labels
+    drawn once per panel row when every panel has the same rows."""
+    n_rows, n_cols = grid(len(panels), max_cols)
+    row_labels = [list(map(str, p.coords[p.dims[0]].values)) for _, p in panels]
+    shared = all(r == row_labels[0] for r in row_labels)
+    longest = max(len(r) for r in row_labels)
+    height = heatmap_height(longest, n_rows)
+    fig = make_subplots(
+        rows=n_rows,
+        cols=n_cols,
+        subplot_titles=[title for title, _ in panels],
+        horizontal_spacing=0.03 if shared else min(0.12, 0.5 / n_cols),
+        vertical_spacing=min(0.3, 110 / height),
+    )
+    for i, (title, panel) in enumerate(panels):
+        row, col = divmod(i, n_cols)
+        fig.add_trace(
+            go.Heatmap(
+                z=panel.values.astype(float),
+                x=_columns(panel),
+                y=row_labels[i],
+                coloraxis="coloraxis",
+                name=title,
+                hovertemplate=f"<b>{title}</b><br>{hover}<extra></extra>",
+                xgap=0.5,
+                ygap=0.5,
+            ),
+            row=row + 1,
+            col=col + 1,
+        )
+        fig.update_yaxes(
+            autorange="reversed",
+            tickmode="array",
+            tickvals=row_labels[i],
+            tickfont={"size": 10},
+            showticklabels=not shared or col == 0,
+            title_text=y_title if col == 0 else None,
+            row=row + 1,
+            col=col + 1,
+        )
+        columns = _columns(panel)
+        if isinstance(columns[0], str):  # names: every one shown, read sideways
+            fig.update_xaxes(
+                tickmode="array", tickvals=columns, tickangle=-90, row=row + 1, col=col + 1
+            )
+        fig.update_xaxes(tickfont={"size": 10}, row=row + 1, col=col + 1)
+    for col in range(n_cols):
+        fig.update_xaxes(title_text=x_title, row=n_rows, col=col + 1)
+    for note in fig.layout.annotations:  # panel titles: small and left-aligned, above the plot
+        note.update(font={"size": 13})
+    fig.update_layout(coloraxis=coloraxis, height=height)
+    return fig
+
+
 def depth_heatmap(
     runs: Runs,
     step: int | None = None,
     fraction: float = DEFAULT_FRACTION,
     include_output: bool = True,
+    seeds: str = "band",
 ) -> go.Figure:
-    """Mean depth-attention weights [sublayer × source], one heatmap per AttnRes run side by
-    side (baseline runs have none and are left out); blank cells are sources not available."""
+    """Mean depth-attention weights [reader sublayer × source], one panel per AttnRes run (or
+    seed group, averaged over its seeds); baseline runs have none and are left out. Blank cells
+    are sources that do not exist yet at that depth."""
     all_names = list(as_runs(runs))
-    runs = _attnres_runs(runs, "the depth heatmap")
-    weights = {
-        n: depth_analysis.mean_depth_weights(ds, step, fraction, include_output)
-        for n, ds in runs.items()
-    }
-    fig = make_subplots(
-        rows=1,
-        cols=len(runs),
-        subplot_titles=[f"{n} · {w.attrs['steps']}" for n, w in weights.items()],
-        horizontal_spacing=0.12 if len(runs) > 1 else 0.0,
-    )
-    for col, (name, w) in enumerate(weights.items(), start=1):
-        w = w.transpose("sublayer", "source")
-        fig.add_trace(
-            go.Heatmap(
-                z=w.values.astype(float),
-                x=[plot_text(str(s)) for s in w["source"].values],
-                y=site_labels(w),
-                coloraxis="coloraxis",
-                name=name,
-                hovertemplate=f"<b>{name}</b><br>sublayer %{{y}} reads %{{x}}<br>"
-                "weight %{z:.3f}<extra></extra>",
-            ),
-            row=1,
-            col=col,
-        )
-        fig.update_xaxes(title_text="source", row=1, col=col, tickangle=-45)
-        fig.update_yaxes(autorange="reversed", row=1, col=col)
-    fig.update_yaxes(title_text="sublayer (reader)", row=1, col=1)
-    skipped = [n for n in all_names if n not in runs]
-    title = "Depth attention: mean softmax weight of each source"
-    if skipped:
-        title += f"<br><sup>no depth weights: {', '.join(skipped)}</sup>"
-    fig.update_layout(
-        title={"text": title, "x": 0.01},
-        template="plotly_white",
-        coloraxis={
+    kept = _attnres_runs(runs, "the depth heatmap")
+    panels, notes = [], []
+    for s in run_series(kept, seeds):
+        weights = [
+            depth_analysis.mean_depth_weights(ds, step, fraction, include_output)
+            for ds in s.members.values()
+        ]
+        w = _group_mean(weights).transpose("sublayer", "source")
+        notes.append(w.attrs.get("steps", ""))
+        title = s.label if not s.is_group else f"{s.label}: mean"
+        panels.append((title, w.assign_coords(sublayer=site_labels(w))))
+    fig = heatmap_panels(
+        panels,
+        "source (embedding, then earlier sublayers or blocks)",
+        "reader (sublayer; last row: model output)",
+        {
             "colorscale": "Viridis",
             "cmin": 0,
             "cmax": 1,
-            "colorbar": {"title": {"text": "weight"}},
+            "colorbar": {"title": {"text": "weight"}, "thickness": 14, "len": min(1.0, 500 / 900)},
         },
-        margin={"l": 90, "r": 20, "t": 80, "b": 90},
+        "%{y} reads %{x}<br>weight %{z:.3f}",
     )
-    return fig
+    skipped = [n for n in all_names if n not in kept]
+    sub = [window_note(notes)] + ([f"no depth weights: {', '.join(skipped)}"] if skipped else [])
+    title = "Depth attention: mean softmax weight of each source<br><sup>"
+    title += " · ".join(t for t in sub if t) + "</sup>"
+    return finish(fig, title, legend=False, height=fig.layout.height)
 
 
 def depth_entropy(
@@ -91,43 +164,66 @@ def depth_entropy(
     step: int | None = None,
     fraction: float = DEFAULT_FRACTION,
     of: str = "tokens",
+    seeds: str = "band",
 ) -> go.Figure:
     """Normalised depth-attention entropy per sublayer (1 = uniform over available sources),
-    one line per AttnRes run; hover gives the effective number of sources exp(H)."""
-    runs = _attnres_runs(runs, "the depth-entropy figure")
-    colours = run_colours(list(runs))
+    one line per AttnRes run or seed group; hover gives the effective number of sources."""
+    kept = _attnres_runs(runs, "the depth-entropy figure")
     fig = go.Figure()
-    integer_ticks(fig, max(ds.sizes["sublayer"] + 1 for ds in runs.values()))
-    for name, ds in runs.items():
-        ent = depth_analysis.depth_entropy(ds, of=of, include_output=True)
-        norm = snapshot(ent["normalised_entropy"], step, fraction)
-        eff = snapshot(ent["effective_sources"], step, fraction)
-        custom = np.stack(
-            [
-                np.asarray(site_labels(norm), dtype=object),
-                eff.values.astype(float),
-                ent["n_sources"].values,
-            ],
-            axis=-1,
+    notes, longest = [], [""]
+    for s in run_series(kept, seeds):
+        entropies = {
+            lab: depth_analysis.depth_entropy(ds, of=of, include_output=True)
+            for lab, ds in s.members.items()
+        }
+        profiles = {
+            lab: snapshot(e["normalised_entropy"], step, fraction) for lab, e in entropies.items()
+        }
+        effective = np.mean(
+            [snapshot(e["effective_sources"], step, fraction).values for e in entropies.values()],
+            axis=0,
         )
-        fig.add_trace(
-            go.Scatter(
-                x=norm["sublayer"].values,
-                y=norm.values.astype(float),
-                mode="lines+markers",
-                name=f"{name} (mean {float(np.nanmean(norm.values)):.2f})",
-                line={"color": colours[name]},
-                customdata=custom,
-                hovertemplate=f"<b>{name}</b><br>%{{customdata[0]}} (sublayer %{{x}})<br>"
-                "normalised entropy %{y:.3f}<br>effective sources %{customdata[1]:.2f} "
-                f"of %{{customdata[2]}}<br>{norm.attrs['steps']}<extra></extra>",
-            )
+        n_sources = next(iter(entropies.values()))["n_sources"].values
+        first = next(iter(profiles.values()))
+        labels = site_labels(first)
+        longest = labels if len(labels) > len(longest) else longest
+        note = first.attrs.get("steps", "")
+        notes.append(note)
+        extra = [
+            f"effective sources {e:.2f} of {n}" for e, n in zip(effective, n_sources, strict=True)
+        ]
+        add_series_line(
+            fig,
+            s,
+            profiles,
+            first["sublayer"].values,
+            labels,
+            "normalised entropy",
+            note,
+            extra=extra,
         )
-    fig = apply_style(
+    integer_ticks(fig, len(longest), longest)
+    fig = finish(
         fig,
-        f"Depth-attention entropy ({'per token' if of == 'tokens' else 'of the mean weights'})",
+        f"Depth-attention entropy ({'per token' if of == 'tokens' else 'of the mean weights'})"
+        f"<br><sup>{window_note(notes)}</sup>",
         "sublayer (last point: model output)",
-        "entropy / log(available sources) (0 = one source, 1 = uniform)",
+        "entropy / log(available sources)",
     )
     fig.update_yaxes(range=[0, 1.05])
     return fig
+
+
+def token_depth_heatmap(weights: xr.DataArray, title: str) -> go.Figure:
+    """One token's depth weights [reader × source] (from a checkpoint run on typed text) as a
+    heatmap, every reader row labelled; blank cells are sources the reader cannot see."""
+    w = weights.transpose("reader", "source")
+    w = w.isel(source=np.flatnonzero(w.notnull().any("reader").values))
+    fig = heatmap_panels(
+        [(plot_text(title), w)],
+        "source",
+        "reader (sublayer; last row: model output)",
+        {"colorscale": "Viridis", "cmin": 0, "cmax": 1, "colorbar": {"title": {"text": "weight"}}},
+        "%{y} reads %{x}<br>weight %{z:.3f}",
+    )
+    return finish(fig, "Depth weights of one token", legend=False, height=fig.layout.height)

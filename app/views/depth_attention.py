@@ -31,12 +31,12 @@ if picked is not None:
             if ds.sizes.get("step", 0) == 0:
                 st.info("This run has no recorded steps yet.")
                 return
-            step = ui.step_picker(ds)
+            step = ui.step_picker(ds["step"].values)
             runs = {row.name: ui.view(ds, step)}
-            ui.chart(lambda: figures.depth_heatmap(runs, step=step, fraction=1.0), key="heatmap")
-            ui.chart(lambda: figures.depth_entropy(runs, step=step, fraction=1.0), key="entropy")
+            ui.chart(lambda: figures.depth_heatmap(runs, step=step, fraction=1.0), "heatmap")
+            ui.chart(lambda: figures.depth_entropy(runs, step=step, fraction=1.0), "entropy", True)
 
-        ui.live(body, is_live=row.state == "live", path=path)
+        ui.live(body, is_live=row.state == "live", path=path, row=row)
 
         st.subheader("Per token")
         if not row.has_checkpoint:

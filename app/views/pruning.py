@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from attnres_probe import figures
+from attnres_probe.analysis.pruning import compare_with_proxies
 from attnres_probe.app import catalog, ui
 
 ui.header("Pruning")
@@ -40,10 +41,22 @@ if picked is not None:
         or "layer"
     )
     ds = ui.load(path)
-    drawn = ui.chart(
-        lambda: figures.pruning({row.name: ds}, granularity=granularity), key="pruning"
-    )
-    if not drawn:
+    st.caption(catalog.literal(ui.describe_row(row)))
+    drawn = ui.chart(lambda: figures.pruning({row.name: ds}, granularity=granularity), "pruning")
+    if drawn is not None:
+        results = compare_with_proxies(ds, granularity).to_dataframe()
+        with st.expander("Numbers (table, CSV)"):
+            st.dataframe(results, key="pruning_table")
+            st.download_button(
+                "Download CSV",
+                results.to_csv().encode("utf-8"),
+                file_name=f"pruning-by-{granularity}.csv",
+                mime="text/csv",
+                key="pruning_csv",
+            )
+        if granularity == "layer" and "prune_path_loss" in ds.data_vars:
+            ui.chart(lambda: figures.prune_path({row.name: ds}), "prune_path", True)
+    else:
         if row.has_checkpoint:
             st.markdown(
                 "Measure it now: the checkpoint is run on held-out batches with each "

@@ -115,7 +115,9 @@ def _print_runs(root: Path, runs: list, as_json: bool) -> None:
         table.add_row(*(Text(_fmt(c)) for c in cells))
     out_console.print(table)
     example = shlex.quote(str(root / runs[0].name))
-    out_console.print(f"one in detail: {command_name()} info {example}", highlight=False)
+    out_console.print(
+        f"one in detail: {command_name()} info {example}", highlight=False, soft_wrap=True
+    )
 
 
 @app.command()

@@ -45,12 +45,32 @@ CHROMIUM_ARGS = [
 # (url path, page title, query, figures expected)
 PAGES = [
     ("", "Runs", {}, 1),
+    ("runs", "Runs", {}, 1),
     ("dilution", "Dilution", {"run": BASELINE}, 2),
     ("depth-attention", "Depth attention", {"run": TRAINED, "step": "2"}, 2),
     ("gradients", "Gradients", {"run": FULL}, 1),
+    ("training", "Training", {"compare": [BASELINE, FULL]}, 3),
     ("pruning", "Pruning", {"run": TRAINED}, 0),
-    ("compare", "Compare", {"compare": [BASELINE, FULL]}, 5),
+    ("compare", "Compare", {"compare": [BASELINE, FULL]}, 6),
 ]
+SAMPLE_RUNS = REPO / "sample_runs"
+SAMPLES = sorted(p.name for p in SAMPLE_RUNS.iterdir() if (p / "recording.zarr").is_dir())
+
+
+def sample_pages(run: str, compared: list[str]) -> list[tuple[str, str, dict, int]]:
+    """Every page over sample runs: ``run`` on the one-run pages, ``compared`` on the others
+    (figures expected: the pruning page draws the pruning figure and the greedy path)."""
+    joined = ",".join(compared)  # the comma form of ?compare=
+    return [
+        ("", "Runs", {}, 1),
+        ("dilution", "Dilution", {"run": run}, 2),
+        ("depth-attention", "Depth attention", {"run": run}, 3),  # with the per-token map
+        ("gradients", "Gradients", {"run": run}, 1),
+        ("training", "Training", {"compare": joined}, 3),
+        ("pruning", "Pruning", {"run": run}, 2),
+        ("compare", "Compare", {"compare": joined}, 6),
+    ]
+
 
 # How many plotly figures have been drawn (each draws several .main-svg layers).
 DRAWN_FIGURES = """n => [...document.querySelectorAll('[data-testid="stPlotlyChart"]')]
@@ -130,7 +150,9 @@ def test_every_page_renders_in_a_real_browser_without_an_exception(server):
                 assert charts == n_figures, f"{title}: {charts} figures"
                 errors = page.locator("[data-testid='stException']").all_inner_texts()
                 assert not errors, f"{title}: {errors}\n{log.read_text()}"
-                page.screenshot(path=str(ARTIFACTS / f"dashboard-{path or 'runs'}.png"))
+                page.screenshot(
+                    path=str(ARTIFACTS / f"dashboard-{path or 'home'}.png"), full_page=True
+                )
 
             # A run named with HTML is text: no <img> element appears, the name is shown as is.
             page.goto(f"{url}/dilution{query_string({'run': HTML_NAME})}")
@@ -170,3 +192,63 @@ def test_every_page_renders_in_a_real_browser_without_an_exception(server):
         finally:
             browser.close()
     assert html.escape(HTML_NAME) != HTML_NAME  # the test name really contains markup
+
+
+CONTENT_HEIGHT = """() => document.querySelector('[data-testid="stMainBlockContainer"]')
+    .scrollHeight"""
+
+
+def screenshot_whole_page(page, path: Path) -> None:
+    """A screenshot of the page's whole content: Streamlit scrolls inside its main block, so
+    the window is made as tall as the content first (then set back)."""
+    size = page.viewport_size
+    height = int(page.evaluate(CONTENT_HEIGHT)) + 120
+    page.set_viewport_size({"width": size["width"], "height": max(size["height"], height)})
+    page.wait_for_timeout(700)  # plotly redraws for the new size
+    page.screenshot(path=str(path))
+    page.set_viewport_size(size)
+
+
+def visit(page, url: str, pages, prefix: str, log: Path) -> None:
+    """Open every page, wait for its figures, check none raised, keep a full-page screenshot."""
+    for path, title, query, n_figures in pages:
+        page.goto(f"{url}/{path}{query_string(query)}")
+        settle(page)
+        assert page.locator("h1").first.inner_text() == title
+        if n_figures:
+            page.wait_for_function(DRAWN_FIGURES, arg=n_figures, timeout=60_000)
+        charts = page.locator("[data-testid='stPlotlyChart']").count()
+        errors = page.locator("[data-testid='stException']").all_inner_texts()
+        assert not errors, f"{title}: {errors}\n{log.read_text()}"
+        assert charts == n_figures, f"{prefix} {title}: {charts} figures"
+        page.wait_for_timeout(500)  # plotly's layout transitions
+        screenshot_whole_page(page, ARTIFACTS / f"{prefix}-{path or 'runs'}.png")
+
+
+@pytest.mark.skipif(not SAMPLES, reason="no sample_runs/ in this checkout")
+@pytest.mark.parametrize("case", ["two", "seven"])
+def test_every_page_over_two_and_over_the_seven_sample_runs(case, tmp_path):
+    """Screenshots of every page over two sample runs and over all seven land in
+    test-artifacts/ (samples-two-*.png, samples-seven-*.png) for people to look at."""
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
+    )
+    if case == "two":
+        root = tmp_path / "two"
+        chosen = ["baseline-s0", "block-s0"]
+        for name in chosen:
+            shutil.copytree(SAMPLE_RUNS / name, root / name)
+        pages = sample_pages("block-s0", chosen)
+    else:
+        root, pages = SAMPLE_RUNS, sample_pages("block-s1", SAMPLES)
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = tmp_path / "dashboard.log"
+    with DashboardServer(root, log=log) as dashboard:
+        dashboard.wait_ready(timeout_s=60.0)
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                visit(page, dashboard.url, pages, f"samples-{case}", log)
+            finally:
+                browser.close()

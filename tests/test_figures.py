@@ -62,7 +62,7 @@ def test_dilution_draws_the_tail_mean_stream_rms_of_each_run():
     np.testing.assert_allclose(decode(data[0]["y"]), 9.5 * np.arange(1, 5), rtol=1e-6)
     np.testing.assert_allclose(decode(data[0]["x"]), [0, 1, 2, 3])
     assert "mean of steps 80–90 (2 recorded)" in fig.layout.title.text
-    assert fig.layout.yaxis.title.text.startswith("RMS")
+    assert fig.layout.yaxis.title.text == "stream RMS entering the sublayer"
     assert list(fig.layout.xaxis.ticktext)[:2] == ["L0.attn", "L0.mlp"]
 
 

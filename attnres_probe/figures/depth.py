@@ -208,7 +208,7 @@ def depth_entropy(
         f"Depth-attention entropy ({'per token' if of == 'tokens' else 'of the mean weights'})"
         f"<br><sup>{window_note(notes)}</sup>",
         "sublayer (last point: model output)",
-        "entropy / log(available sources)",
+        "entropy / log(sources)",
     )
     fig.update_yaxes(range=[0, 1.05])
     return fig

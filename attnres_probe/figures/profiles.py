@@ -203,7 +203,7 @@ def dilution(
         fig,
         _titled("PreNorm dilution: stream RMS vs depth", note),
         "sublayer (in depth order)",
-        "RMS of the stream entering the sublayer",
+        "stream RMS entering the sublayer",
         log_y,
     )
 
@@ -243,6 +243,6 @@ def grad_depth(
         fig,
         _titled("Gradients across depth", note),
         "sublayer (in depth order)",
-        "‖∂loss/∂sublayer output‖₂",
+        "‖∂loss/∂output‖₂",
         log_y=True,
     )

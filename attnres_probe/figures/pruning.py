@@ -230,14 +230,14 @@ def prune_path(runs: Runs, step: int | None = None, seeds: str = "band") -> go.F
         annotation_text=f"{number(100 * TOLERANCE)} %",
         annotation_position="top left",
     )
-    note = "layers ranked by their single-layer cost, cheapest removed first"
+    note = "held-out loss over the intact model's; layers ranked by their single-layer cost"
     if skipped:
         note += f" · no path: {', '.join(skipped)}"
     fig = finish(
         fig,
         f"Greedy pruning path: layers removed together<br><sup>{note}</sup>",
         "layers removed together",
-        "held-out loss increase over the intact model (%)",
+        "loss increase (%)",
     )
     fig.update_xaxes(dtick=1 if longest <= 20 else None)
     return fig

@@ -321,9 +321,9 @@ def integer_ticks(
     row: int | None = None,
     col: int | None = None,
 ) -> None:
-    """Depth axes count ``n`` positions 0 … n−1: at most about 10 ticks (legible at half
+    """Depth axes count ``n`` positions 0 … n−1: at most about 8 ticks (legible at half
     width), named by ``labels`` (e.g. 'L4.attn') when given, and no tick before the first."""
-    every = max(1, -(-n // 10))
+    every = max(1, -(-n // 8))
     if every > 1 and every % 2:  # keep ticks on one kind of sublayer (all attn, say)
         every += 1
     ticks = {"tick0": 0, "dtick": every}

@@ -134,7 +134,10 @@ def over_training(runs: Runs, measure: str = "growth-exponent", seeds: str = "ba
         raise AnalysisError(f"no run has {m.label}: {reasons}")
     for trace in fig.data:
         trace.mode = "lines"
-    note = f"no value: {', '.join(n for n, _ in skipped)}" if skipped else "every recorded step"
+    steps = np.concatenate([np.asarray(t.x) for t in fig.data])
+    note = f"steps {int(steps.min())}–{int(steps.max())}, every recorded one"
+    if skipped:
+        note += f" · no value: {', '.join(n for n, _ in skipped)}"
     title = f"{m.label[0].upper()}{m.label[1:]} over training<br><sup>{note}</sup>"
     return finish(fig, title, "optimiser step", m.unit, m.log)
 
@@ -147,10 +150,15 @@ def loss(runs: Runs, step: int | None = None, seeds: str = "band") -> go.Figure:
     return fig
 
 
-MAP_VARIABLES = {
-    "grad_norm": ("gradient norm ‖∂loss/∂sublayer output‖₂", gradient_analysis.gradient_norms),
+MAP_VARIABLES = {  # name -> (title, colour-bar title, values [step, sublayer])
+    "grad_norm": (
+        "gradient norm ‖∂loss/∂sublayer output‖₂",
+        "‖∂loss/∂output‖₂",
+        gradient_analysis.gradient_norms,
+    ),
     "relative_update": (
         "relative update: update RMS / stream RMS",
+        "update/stream",
         dilution_analysis.relative_update,
     ),
 }
@@ -177,7 +185,7 @@ def training_map(
         raise AnalysisError(
             f"variable {variable!r} has no map; pick one of {', '.join(MAP_VARIABLES)}"
         )
-    label, of = MAP_VARIABLES[variable]
+    label, short, of = MAP_VARIABLES[variable]
     panels = []
     thinned = False
     for s in run_series(runs, seeds):
@@ -204,7 +212,7 @@ def training_map(
             "colorscale": "Cividis",
             "cmin": float(lo),
             "cmax": float(hi) if hi > lo else float(lo) + 1e-9,
-            "colorbar": {"title": {"text": "log scale"}, "thickness": 14, "len": 0.6, **ticks},
+            "colorbar": {"title": {"text": short}, "thickness": 14, "len": 0.6, **ticks},
         },
         "%{y} at step %{x}<br>log10 value %{z:.3f}",
     )

@@ -41,6 +41,12 @@ CAPTIONS = {
     "pruning": "Held-out loss increase when each layer is zero-ablated, against the cheap "
     "proxies recorded during training; Spearman ρ says how well a proxy ranks the layers.",
     "loss": "Training loss of every recorded step.",
+    "grad-map": "Gradient norm of every sublayer (rows) at every recorded step (columns), on one "
+    "log colour scale for all runs.",
+    "update-map": "Relative update of every sublayer at every recorded step, on one log colour "
+    "scale for all runs.",
+    "prune-path": "Held-out loss when the cheapest layers (ranked by their single-layer cost) "
+    "are removed together, relative to the intact model; the dotted line is the 1 % bound.",
 }
 
 PAGE_CSS = """

@@ -26,7 +26,8 @@ RUN_KEY = "run"
 COMPARE_KEY = "compare"
 STEP_KEY = "step"
 WINDOW_KEY = "window"
-WINDOWS = {"tail": "Mean of the last 10 % of steps", "step": "One recorded step"}
+# The options are also the URL's values (?window=one+step): Streamlit puts labels in the URL.
+TAIL, ONE_STEP = "mean of the last 10 %", "one step"
 SEEDS_KEY = "each_seed"
 REFUSED_KEY = "_refused"  # why the run named in the URL is not shown
 LATEST_KEY = "_latest_step"  # the last recorded step when the slider was last drawn
@@ -154,16 +155,15 @@ def step_picker(steps: np.ndarray) -> int | None:
     steps = np.asarray(steps)
     if steps.size == 0:
         return None
-    default = "step" if STEP_KEY in st.query_params else "tail"
+    default = ONE_STEP if STEP_KEY in st.query_params else TAIL
     window = st.segmented_control(
-        "Profiles",
-        list(WINDOWS),
-        format_func=WINDOWS.get,
+        "Profiles over recorded steps",
+        [TAIL, ONE_STEP],
         default=default,
         key=WINDOW_KEY,
         bind="query-params",
     )
-    if window != "step":
+    if window != ONE_STEP:
         return None
     first, last = int(steps[0]), int(steps[-1])
     if first == last:
@@ -191,9 +191,7 @@ def step_picker(steps: np.ndarray) -> int | None:
     st.session_state[LATEST_KEY] = last
     nearest = nearest_step(steps, step)
     if nearest != step:
-        st.caption(
-            f"Step {step} was not recorded; showing step {nearest}, the nearest one."
-        )
+        st.caption(f"Step {step} was not recorded; showing step {nearest}, the nearest one.")
     return step
 
 

@@ -278,7 +278,7 @@ def test_compare_ignores_runs_outside_root_named_in_the_query_string(dashboard, 
 def test_run_and_step_come_from_the_query_string(dashboard):
     at = dashboard("depth_attention", run=FULL, step="100")
     assert at.sidebar.selectbox(key="run").value == FULL
-    assert at.segmented_control(key="window").value == "step"  # a step in the URL: one step
+    assert at.segmented_control(key="window").value == "one step"  # a step in the URL: one step
     assert at.slider(key="step").value == 100
     heatmap = charts(at)[0]
     assert "step 100" in heatmap["layout"]["title"]["text"]
@@ -329,7 +329,7 @@ def test_profile_pages_default_to_the_mean_of_the_last_10_percent_as_report_and_
     from attnres_probe.store import open_run
 
     at = dashboard("dilution", run=BASELINE)
-    assert at.segmented_control(key="window").value == "tail" and not at.slider
+    assert at.segmented_control(key="window").value == "mean of the last 10 %" and not at.slider
     dilution = charts(at)[0]
     assert "mean of steps 270–290 (3 recorded)" in dilution["layout"]["title"]["text"]
     exported = figures.dilution({BASELINE: open_run(root / BASELINE)})
@@ -357,11 +357,13 @@ def test_dilution_overlays_steps_across_training_and_switches_to_log_scale(dashb
 
 
 def test_the_step_slider_redraws_and_the_tail_mean_is_one_click_away(dashboard):
+    at = dashboard("gradients", run=BASELINE, window="one step")  # a shared URL's choice
+    assert at.slider(key="step").value == 290  # the latest step to begin with
     at = dashboard("gradients", run=BASELINE)
-    at.segmented_control(key="window").set_value("step").run()
+    at.segmented_control(key="window").set_value("one step").run()
     at.slider(key="step").set_value(50).run()
     assert "step 50" in charts(at)[0]["data"][0]["hovertemplate"]
-    at.segmented_control(key="window").set_value("tail").run()
+    at.segmented_control(key="window").set_value("mean of the last 10 %").run()
     assert not at.slider
     assert "mean of steps" in charts(at)[0]["layout"]["title"]["text"]
 
@@ -474,7 +476,7 @@ def test_a_live_run_shows_new_flushes_and_its_end_on_the_next_refresh(dashboard,
     at.sidebar.selectbox(key="refresh").select("off").run()
     assert any("live, refresh off" in plain(c) for c in texts(at, "caption"))
     at.sidebar.selectbox(key="refresh").select("2 s").run()
-    at.segmented_control(key="window").set_value("step").run()
+    at.segmented_control(key="window").set_value("one step").run()
     assert at.slider(key="step").max == 7
     assert any("8 recorded steps" in plain(c) for c in texts(at, "caption"))
     writer = next(w for w in _live_writers if Path(w.path) == root / LIVE)

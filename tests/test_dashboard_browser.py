@@ -47,7 +47,7 @@ PAGES = [
     ("", "Runs", {}, 1),
     ("runs", "Runs", {}, 1),
     ("dilution", "Dilution", {"run": BASELINE}, 2),
-    ("depth-attention", "Depth attention", {"run": TRAINED, "step": "2"}, 2),
+    ("depth-attention", "Depth attention", {"run": TRAINED, "step": "2"}, 3),  # + per token
     ("gradients", "Gradients", {"run": FULL}, 1),
     ("training", "Training", {"compare": [BASELINE, FULL]}, 3),
     ("pruning", "Pruning", {"run": TRAINED}, 0),
@@ -140,19 +140,7 @@ def test_every_page_renders_in_a_real_browser_without_an_exception(server):
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1900})
-            for path, title, query, n_figures in PAGES:
-                page.goto(f"{url}/{path}{query_string(query)}")
-                settle(page)
-                assert page.locator("h1").first.inner_text() == title
-                if n_figures:
-                    page.wait_for_function(DRAWN_FIGURES, arg=n_figures, timeout=30_000)
-                charts = page.locator("[data-testid='stPlotlyChart']").count()
-                assert charts == n_figures, f"{title}: {charts} figures"
-                errors = page.locator("[data-testid='stException']").all_inner_texts()
-                assert not errors, f"{title}: {errors}\n{log.read_text()}"
-                page.screenshot(
-                    path=str(ARTIFACTS / f"dashboard-{path or 'home'}.png"), full_page=True
-                )
+            visit(page, url, PAGES, "dashboard", log)
 
             # A run named with HTML is text: no <img> element appears, the name is shown as is.
             page.goto(f"{url}/dilution{query_string({'run': HTML_NAME})}")
@@ -173,7 +161,7 @@ def test_every_page_renders_in_a_real_browser_without_an_exception(server):
             assert page.get_by_role("combobox", name="Run").input_value() == LIVE
 
             # A live run refreshes by itself: new flushes reach the page without a reload.
-            page.goto(f"{url}/dilution{query_string({'run': LIVE})}")
+            page.goto(f"{url}/dilution{query_string({'run': LIVE, 'window': 'one step'})}")
             settle(page)
             page.get_by_role("combobox", name="Live refresh").click()
             page.get_by_role("option", name="2 s", exact=True).click()

@@ -26,6 +26,7 @@ from test_app_runs import (
     trained_run,
 )
 
+from attnres_probe.app.browser import screenshot_whole_page, settle
 from attnres_probe.app.server import DashboardServer
 from attnres_probe.store.synthetic import step_values
 
@@ -121,15 +122,6 @@ def query_string(query: dict) -> str:
     return "?" + "&".join(parts) if parts else ""
 
 
-def settle(page) -> None:
-    """Wait until Streamlit has finished running the script and drawing."""
-    page.wait_for_selector("h1", timeout=30_000)
-    page.wait_for_timeout(300)
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=30_000
-    )
-
-
 def test_every_page_renders_in_a_real_browser_without_an_exception(server):
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
@@ -180,21 +172,6 @@ def test_every_page_renders_in_a_real_browser_without_an_exception(server):
         finally:
             browser.close()
     assert html.escape(HTML_NAME) != HTML_NAME  # the test name really contains markup
-
-
-CONTENT_HEIGHT = """() => document.querySelector('[data-testid="stMainBlockContainer"]')
-    .scrollHeight"""
-
-
-def screenshot_whole_page(page, path: Path) -> None:
-    """A screenshot of the page's whole content: Streamlit scrolls inside its main block, so
-    the window is made as tall as the content first (then set back)."""
-    size = page.viewport_size
-    height = int(page.evaluate(CONTENT_HEIGHT)) + 120
-    page.set_viewport_size({"width": size["width"], "height": max(size["height"], height)})
-    page.wait_for_timeout(700)  # plotly redraws for the new size
-    page.screenshot(path=str(path))
-    page.set_viewport_size(size)
 
 
 def visit(page, url: str, pages, prefix: str, log: Path) -> None:

@@ -105,7 +105,9 @@ def heatmap_panels(
             col=col + 1,
         )
         columns = _columns(panel)
-        if isinstance(columns[0], str):  # names: every one shown, read sideways
+        if not isinstance(columns[0], str):  # numbers (steps): a handful of ticks
+            fig.update_xaxes(nticks=6, row=row + 1, col=col + 1)
+        else:  # names: every one shown, read sideways
             fig.update_xaxes(
                 tickmode="array", tickvals=columns, tickangle=-90, row=row + 1, col=col + 1
             )

@@ -29,11 +29,11 @@ Runs = xr.Dataset | Mapping[str, xr.Dataset] | Sequence[xr.Dataset]
 
 # Shades of one hue per residual kind, darkest first; built around the Okabe & Ito (2008)
 # colour-blind-safe hues (vermilion, bluish green, blue, reddish purple).
-KIND_SHADES = {
-    "baseline": ("#D55E00", "#8F3F00", "#F0904D", "#B84F00", "#F7B888", "#6B2F00"),
-    "full": ("#009E73", "#00664A", "#3FC99E", "#00845F", "#8ADDC2", "#004D38"),
-    "block": ("#0072B2", "#004A75", "#56B4E9", "#005C91", "#9CD3F2", "#00304D"),
-    "other": ("#CC79A7", "#8E4474", "#E0A6C6", "#A85C8A", "#F0CDE0", "#6B2F55"),
+KIND_SHADES = {  # base, dark, light, darkest, lightest: far apart in lightness
+    "baseline": ("#D55E00", "#8F3F00", "#F0904D", "#5C2800", "#F9C49C"),
+    "full": ("#009E73", "#00664A", "#3FC99E", "#003D2C", "#9BE3CB"),
+    "block": ("#0072B2", "#004A75", "#56B4E9", "#002A44", "#A9DAF5"),
+    "other": ("#CC79A7", "#8E4474", "#E0A6C6", "#5A2449", "#F2D3E4"),
 }
 KIND_ORDER = ("baseline", "full", "block")
 DASHES = ("solid", "dash", "dot", "dashdot")

@@ -143,7 +143,7 @@ def command_name(argv0: str | None = None) -> str:
     ``python -m attnres_probe.cli``."""
     argv0 = sys.argv[0] if argv0 is None else argv0
     name = os.path.basename(argv0)
-    if name == "__main__.py":
+    if os.path.exists(argv0) and os.path.samefile(argv0, Path(__file__).parent / "__main__.py"):
         python = os.path.basename(sys.executable)
         same = shutil.which(python) and os.path.samefile(shutil.which(python), sys.executable)
         return f"{python if same else _shown_path(sys.executable)} -m attnres_probe.cli"

@@ -67,7 +67,7 @@ def big_root(tmp_path_factory):
         ("baseline-100k", "dilution", 2),
         ("baseline-100k", "gradients", 1),
         ("block-100k", "depth_attention", 2),
-        ("block-100k", "compare", 5),
+        ("block-100k", "compare", 6),
     ],
 )
 def test_a_100k_step_96_sublayer_run_draws_its_first_figure_within_3_s(

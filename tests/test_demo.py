@@ -72,7 +72,7 @@ def test_demo_refuses_an_unknown_kind_in_one_line(tmp_path):
 def test_report_says_why_a_figure_cannot_be_drawn():
     page = render_report({"base": baseline_run()})
     missing = re.findall(r'<section id="([\w-]+)">(?:(?!</section>).)*Not available', page, re.S)
-    assert set(missing) == {"depth-heatmap", "depth-entropy", "pruning"}
+    assert set(missing) == {"depth-heatmap", "depth-entropy", "pruning", "prune-path"}
     assert 'id="figure-dilution"' in page
 
 

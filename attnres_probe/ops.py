@@ -1,11 +1,12 @@
 """The ops the models call: RMSNorm (optionally fused with the residual add) and AttnRes
-aggregation.
+aggregation, and the :class:`Recording` they add their by-product statistics into.
 
 Each op dispatches to a fused Triton kernel on CUDA and to the pure-torch reference elsewhere
-(`ATTNRES_PROBE_KERNELS=triton|reference` forces either). While a :func:`recording` is active,
-an op that is given a ``site`` (the sublayer index it serves; ``n_sublayers`` for the model
-output) accumulates its by-product statistics into the recording's device-side slots. The
-probe opens the recording; this module never imports the probe.
+(`ATTNRES_PROBE_KERNELS=triton|reference` forces either). An op handed a recording and a
+``site`` (the sublayer it serves; ``n_sublayers`` for the model output) adds its statistics
+into that recording's device-side sums. The probe makes the recording and hands it to the
+model; this module never imports the probe. Everything here is plain tensor code with no
+Python-side state read per call, so a model compiles whole with or without a recording.
 
 Shapes: ``*`` is any number of token dims (usually ``B, T``), ``D`` the model width,
 ``N`` the number of depth sources, ``S`` the number of sublayers that share a phase-1 pass.
@@ -13,29 +14,22 @@ Shapes: ``*`` is any number of token dims (usually ``B, T``), ``D`` the model wi
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
 from attnres_probe.kernels import reference
+from attnres_probe.kernels.reference import DepthStats, NormStats
 
 __all__ = [
-    "StatsSlots",
+    "Recording",
     "IndexCache",
-    "Observer",
-    "recording",
-    "current_recording",
-    "observe_update",
-    "observe_stream",
     "rms_norm",
     "add_rms_norm",
     "attnres",
+    "inv_rms",
     "block_attnres_phase1",
     "block_attnres_phase2",
     "kernel_backend",
@@ -60,151 +54,211 @@ class IndexCache:
         return index
 
 
-class Observer(Protocol):
-    """Receives the model tensors a recording wants besides the ops' own statistics."""
+class _Tap(torch.autograd.Function):
+    """Identity on x whose backward puts ‖∂L/∂x‖² (or 1, for a presence tap) into the gradient
+    of the 0-d leaf ``sink``: autograd itself accumulates it over backward passes, inside or
+    outside ``torch.compile``, with no hook and no retained gradient."""
 
-    def update(self, index: int, f: torch.Tensor) -> None:
-        """Sublayer ``index`` computed its update ``f``."""
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, sink: torch.Tensor, value: bool) -> torch.Tensor:
+        ctx.value = value
+        return x.view_as(x)
 
-    def stream(self, index: int, h: torch.Tensor) -> None:
-        """``h`` is the stream entering layer ``index`` (``n_layers``: the final stream)."""
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        if ctx.value:
+            stat = torch.linalg.vector_norm(grad, dtype=torch.float32).square()
+        else:
+            stat = torch.ones((), dtype=torch.float32, device=grad.device)
+        return grad, stat, None
 
 
-@dataclass
-class StatsSlots:
-    """Device-side accumulators the ops add into while a recording is active.
+def _in_recompute() -> bool:
+    """True while activation checkpointing recomputes a forward inside the backward pass
+    (eager only: compiled graphs recompute inside the graph, without running this code)."""
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._current_graph_task_id() != -1
 
-    Every slot is float32 and summed over tokens (or over elements, for the ``*_sq`` slots);
-    the counts that turn sums into means are plain Python ints known from shapes, so reading
-    them never syncs the device. The slots are fixed views into one buffer, ``sums``, so the
-    per-site views an op adds into are made once (:meth:`norm_stats`, :meth:`depth_stats`).
-    ``norm_grads=False`` leaves ``norm_grad_sq`` alone: the norms then add no gradient
-    statistic (and no backward work for it). ``observer`` receives what the model hands to
-    :func:`observe_update` and :func:`observe_stream`.
+
+class Recording:
+    """The step being recorded: named float32 sums and int64 counts on the device, and
+    gradient sinks. The probe builds one per probed model; ops, models and module hooks add
+    into it; the probe reads it once per step (:meth:`settle`, then the sums and counts).
+
+    sums: name -> shape of each float32 segment (Σ over elements or tokens).
+    counts: name -> length of each int64 segment (elements or tokens behind a sum).
+    grads: names of 1-D sum segments fed by taps (``‖∂L/∂x‖²`` per index); each gets a
+    ``<name>_hits`` count segment (backward passes that reached the tap).
+    per_token: count name -> elements per token per index, for :meth:`count_tokens`, which
+    adds all of a forward's counts in one op where every site sees every token (this
+    project's models).
+    sources_at: site -> source columns of its depth op (``ModelConfig.sources_at``); given,
+    the depth views are made here, once.
+    norm_grads: the fused add + norm ops add Σ(∂L/∂h)² into ``norm_grad_sq``.
     """
 
-    n_sites: int
-    n_sources: int
-    device: torch.device | str = "cpu"
-    norm_grads: bool = True
-    observer: Observer | None = None
-    sums: torch.Tensor = field(init=False)  # every slot below, one after another
-    norm_sq: torch.Tensor = field(init=False)  # [n_sites] Σx² of the stream a norm receives
-    norm_grad_sq: torch.Tensor = field(init=False)  # [n_sites] Σ(∂L/∂x)² of that stream
-    depth_weight_sum: torch.Tensor = field(init=False)  # [n_sites, n_sources] Σ_tokens α
-    source_rms_sum: torch.Tensor = field(init=False)  # [n_sites, n_sources] Σ_tokens rms(v_i)
-    depth_entropy_sum: torch.Tensor = field(init=False)  # [n_sites] Σ_tokens H(α)
-    norm_numel: list[int] = field(init=False)  # elements behind norm_sq per site
-    depth_tokens: list[int] = field(init=False)  # tokens behind the depth slots per site
+    def __init__(
+        self,
+        sums: Mapping[str, tuple[int, ...]],
+        counts: Mapping[str, int],
+        grads: Sequence[str] = (),
+        device: torch.device | str = "cpu",
+        per_token: Mapping[str, Sequence[int]] | None = None,
+        sources_at: Callable[[int], tuple[int, ...]] | None = None,
+        n_sites: int = 0,
+        norm_grads: bool = False,
+    ):
+        self.device = torch.device(device)
+        counts = dict(counts)
+        for name in grads:
+            counts[f"{name}_hits"] = math.prod(sums[name])
+        counts["backward_passes"] = 1
+        self.sum_shapes = dict(sums)
+        self.count_sizes = counts
+        self.sums = torch.zeros(sum(math.prod(s) for s in sums.values()), device=self.device)
+        self.counts = torch.zeros(sum(counts.values()), dtype=torch.int64, device=self.device)
+        self.views = _split(self.sums, self.sum_shapes)
+        self.count_views = _split(self.counts, {n: (k,) for n, k in counts.items()})
+        # One 0-d leaf per tapped index: its .grad receives the statistic (see _Tap).
+        self.sinks = {name: self._leaves(math.prod(sums[name])) for name in grads}
+        # Presence taps count backward passes without a value (the kernels add the value).
+        self.presence = {name: self._leaves(math.prod(sums[name])) for name in grads}
+        self.presence["backward_passes"] = self._leaves(1)
+        self.index = IndexCache(self.device)
+        self.backward_seen = False  # set by settle(): a backward pass reached a tap this step
+        self.per_token = torch.zeros_like(self.counts)
+        per_token_views = _split(self.per_token, {n: (k,) for n, k in counts.items()})
+        for name, values in (per_token or {}).items():
+            per_token_views[name].copy_(torch.as_tensor(values, dtype=torch.int64))
+        self.norm_grads = norm_grads
+        self.norm = [self._norm_stats(site) for site in range(n_sites)]
+        self.depth = (
+            [self._depth_stats(site, sources_at(site)) for site in range(n_sites)]
+            if sources_at is not None
+            else []
+        )
 
-    SLOTS = ("norm_sq", "norm_grad_sq", "depth_weight_sum", "source_rms_sum", "depth_entropy_sum")
+    def __deepcopy__(self, memo: dict) -> None:
+        # A copy of a recorded model (e.g. copy.deepcopy(model)) records nothing: its forward
+        # must not add into the original's step.
+        return None
 
-    def __post_init__(self) -> None:
-        n, k = self.n_sites, self.n_sources
-        shapes = ((n,), (n,), (n, k), (n, k), (n,))
-        sizes = [math.prod(shape) for shape in shapes]
-        self.sums = torch.zeros(sum(sizes), dtype=torch.float32, device=self.device)
-        for name, shape, part in zip(self.SLOTS, shapes, self.sums.split(sizes), strict=True):
-            setattr(self, name, part.view(shape))
-        self.norm_numel = [0] * n
-        self.depth_tokens = [0] * n
-        self._views: dict[tuple, reference.NormStats | reference.DepthStats] = {}
-        self._kept: list[tuple[int, torch.Tensor]] = []  # (site, x) with x's gradient retained
-        self._index = IndexCache(self.device)
+    # ---------------------------------------------------------------- adding (traceable)
 
-    def reset(self) -> None:
-        self.sums.zero_()
-        self._kept.clear()
-        for counts in (self.norm_numel, self.depth_tokens):
-            counts[:] = [0] * self.n_sites
+    def add_sq(self, name: str, index: int, x: torch.Tensor) -> None:
+        """sums[name][index] += Σx² in float32 (skipped while a checkpoint recomputes)."""
+        if not _in_recompute():
+            with torch.no_grad():
+                sq = torch.linalg.vector_norm(x, dtype=torch.float32).square()
+                self.views[name][index].add_(sq)
+
+    def add(self, name: str, index: int | slice, value: torch.Tensor) -> None:
+        """sums[name][index] += value (skipped while a checkpoint recomputes)."""
+        if not _in_recompute():
+            with torch.no_grad():
+                self.views[name][index].add_(value)
+
+    def count(self, name: str, index: int, n: int) -> None:
+        """counts[name][index] += n (skipped while a checkpoint recomputes)."""
+        if not _in_recompute():
+            self.count_views[name][index].add_(n)
+
+    def count_tokens(self, n_tokens: int) -> None:
+        """Every ``per_token`` count += n_tokens × its elements per token: one op a forward."""
+        if not _in_recompute():
+            self.counts.add_(self.per_token, alpha=n_tokens)
+
+    def tap(self, x: torch.Tensor, name: str, index: int, value: bool = True) -> torch.Tensor:
+        """x itself, with ‖∂L/∂x‖² of every use of the returned tensor added into
+        sums[name][index] when the step settles (value=False: only the hit is counted)."""
+        if not (x.requires_grad and torch.is_grad_enabled()):
+            return x
+        sink = (self.sinks if value else self.presence)[name][index]
+        return _Tap.apply(x, sink, value)
+
+    def mark_output(self, x: torch.Tensor) -> torch.Tensor:
+        """x itself; a backward pass through it counts as one of the step's backward passes."""
+        return self.tap(x, "backward_passes", 0, value=False)
+
+    # ---------------------------------------------------------------- the step (eager)
 
     def settle(self) -> None:
-        """Add the norms' gradient statistic still held as retained gradients (the reference
-        path; see ``reference.NormStats``) into ``norm_grad_sq``, with one batched reduction.
+        """After the backward pass: move every tap's statistic into the sums (one add per
+        segment) and count its hits; sets :attr:`backward_seen`. Call once per step."""
+        seen = False
+        for taps, is_value in ((self.sinks, True), (self.presence, False)):
+            for name, sinks in taps.items():
+                found = _take_grads(sinks)
+                if found is None:
+                    continue
+                seen = True
+                at, values = self.index(found[0]), found[1]
+                hits = "backward_passes" if name == "backward_passes" else f"{name}_hits"
+                if is_value:
+                    self.views[name].index_add_(0, at, values)
+                    values = torch.ones_like(values)
+                self.count_views[hits].index_add_(0, at, values.round().to(torch.int64))
+        self.backward_seen = seen
 
-        Call it after the backward pass and before reading ``norm_grad_sq`` (the probe does,
-        when a step closes); the fused kernels add theirs at once, so it is a no-op there.
-        """
-        kept, self._kept = self._kept, []
-        sites, grads = reference.take_retained_grads(kept)
-        if not grads:
-            return
-        index = self._index(tuple(sites))
-        wide = any(g.dtype == torch.float64 for g in grads)  # float64 stays float64 until here
-        norms = torch._foreach_norm(grads, 2, dtype=torch.float64 if wide else torch.float32)
-        self.norm_grad_sq.index_add_(0, index, torch.stack(norms).square().float())
+    def reset(self) -> None:
+        """Zero every sum, count and sink for the next step."""
+        self.sums.zero_()
+        self.counts.zero_()
+        for taps in (self.sinks, self.presence):
+            for sinks in taps.values():
+                _take_grads(sinks)
+        self.backward_seen = False
 
-    def norm_stats(self, site: int) -> reference.NormStats:
-        """The slots a norm op at ``site`` adds into (views made once)."""
-        key = ("norm", site)
-        stats = self._views.get(key)
-        if stats is None:
-            grad_sq = self.norm_grad_sq[site : site + 1] if self.norm_grads else None
-            stats = reference.NormStats(
-                sq=self.norm_sq[site : site + 1],
-                grad_sq=grad_sq,
-                keep_grad=lambda x: self._kept.append((site, x)),
-            )
-            self._views[key] = stats
-        return stats
+    def _leaves(self, n: int) -> list[torch.Tensor]:
+        return [torch.zeros((), device=self.device, requires_grad=True) for _ in range(n)]
 
-    def depth_stats(
-        self, site: int, n_sources: int, has_partial: bool = False
-    ) -> reference.DepthStats:
-        """The slots a depth-attention op at ``site`` over ``n_sources`` sources adds into.
+    # ---------------------------------------------------------------- views for the ops
 
-        Sources fill the first ``n_sources`` columns; a Block AttnRes partial sum always goes
-        to the last column, so a column means the same source at every site.
-        """
-        key = ("depth", site, n_sources, has_partial)
-        stats = self._views.get(key)
-        if stats is None:
-            if n_sources + has_partial > self.n_sources:
-                raise IndexError(f"{n_sources} sources exceed the recording's {self.n_sources}")
-            last = self.n_sources - 1
-            stats = reference.DepthStats(
-                weight_sum=self.depth_weight_sum[site, :n_sources],
-                source_rms_sum=self.source_rms_sum[site, :n_sources],
-                entropy_sum=self.depth_entropy_sum[site : site + 1],
-                partial_weight_sum=self.depth_weight_sum[site, last:] if has_partial else None,
-                partial_rms_sum=self.source_rms_sum[site, last:] if has_partial else None,
-            )
-            self._views[key] = stats
-        return stats
+    def _norm_stats(self, site: int) -> NormStats:
+        sq = self.views["norm_sq"][site : site + 1]
+        if not self.norm_grads:
+            return NormStats(sq)
+        grad_sq = self.views["norm_grad_sq"][site : site + 1]
+        return NormStats(sq, grad_sq, lambda h: self.tap(h, "norm_grad_sq", site))
 
-
-_RECORDING: contextvars.ContextVar[StatsSlots | None] = contextvars.ContextVar(
-    "attnres_probe_recording", default=None
-)
+    def _depth_stats(self, site: int, columns: tuple[int, ...]) -> DepthStats | None:
+        """Views for the depth op at ``site``: its sources are the first columns, except a
+        Block AttnRes partial sum, which always has the last column (so a column means the
+        same source at every site)."""
+        if not columns:
+            return None
+        row = self.views["depth_weight_sum"][site]
+        last = row.shape[0] - 1
+        leading = tuple(range(len(columns)))
+        partial = columns != leading and columns[:-1] == leading[:-1] and columns[-1] == last
+        if columns != leading and not partial:
+            raise ValueError(f"site {site}: sources {columns} are not laid out as the ops need")
+        return DepthStats(
+            weight_sum=row[: len(columns) - partial],
+            entropy_sum=self.views["depth_entropy_sum"][site : site + 1],
+            partial_weight_sum=row[last:] if partial else None,
+        )
 
 
-@contextlib.contextmanager
-def recording(slots: StatsSlots) -> Iterator[StatsSlots]:
-    """Make ops called with a ``site`` accumulate their statistics into ``slots``."""
-    token = _RECORDING.set(slots)
-    try:
-        yield slots
-    finally:
-        _RECORDING.reset(token)
+def _take_grads(sinks: list[torch.Tensor]) -> tuple[tuple[int, ...], torch.Tensor] | None:
+    """(indices, stacked gradients) of the sinks a backward pass reached, each released."""
+    indices, values = [], []
+    for index, sink in enumerate(sinks):
+        if sink.grad is not None:
+            indices.append(index)
+            values.append(sink.grad)
+            sink.grad = None
+    return (tuple(indices), torch.stack(values)) if indices else None
 
 
-def current_recording() -> StatsSlots | None:
-    return _RECORDING.get()
-
-
-def observe_update(index: int, f: torch.Tensor) -> None:
-    """A model hands sublayer ``index``'s update to the recording's observer (if any): one
-    context lookup outside a recording, no module hook either way."""
-    slots = _RECORDING.get()
-    if slots is not None and slots.observer is not None:
-        slots.observer.update(index, f)
-
-
-def observe_stream(index: int, h: torch.Tensor) -> None:
-    """A model hands the stream entering layer ``index`` to the recording's observer (if any)."""
-    slots = _RECORDING.get()
-    if slots is not None and slots.observer is not None:
-        slots.observer.stream(index, h)
+def _split(buffer: torch.Tensor, shapes: Mapping[str, tuple[int, ...]]) -> dict:
+    views, start = {}, 0
+    for name, shape in shapes.items():
+        size = math.prod(shape)
+        views[name] = buffer[start : start + size].view(shape)
+        start += size
+    return views
 
 
 def kernel_backend(x: torch.Tensor) -> str:
@@ -219,10 +273,10 @@ def kernel_backend(x: torch.Tensor) -> str:
             f"ATTNRES_PROBE_KERNELS={forced!r} is not a backend; "
             "use 'triton', 'reference' or 'auto'"
         )
-    return "triton" if x.is_cuda and _triton_available() else "reference"
+    return "triton" if x.is_cuda and _TRITON else "reference"
 
 
-def _triton_available() -> bool:
+def _triton_importable() -> bool:
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -230,87 +284,7 @@ def _triton_available() -> bool:
     return True
 
 
-def _slots_for(site: int | None) -> StatsSlots | None:
-    slots = _RECORDING.get()
-    if slots is None or site is None:
-        return None
-    if not 0 <= site < slots.n_sites:
-        raise IndexError(f"site {site} is outside the recording's {slots.n_sites} sites")
-    return slots
-
-
-def _impl():
-    """The module holding the implementations for the current backend."""
-    return reference
-
-
-def rms_norm(
-    x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, site: int | None = None
-) -> torch.Tensor:
-    """``x / rms(x) * weight`` over the last dim. x [*, D], weight [D] -> [*, D]."""
-    slots = _slots_for(site)
-    stats = _norm_stats(slots, site, x)
-    return _dispatch(x).rms_norm(x, weight, eps, stats)
-
-
-def add_rms_norm(
-    x: torch.Tensor,
-    update: torch.Tensor,
-    weight: torch.Tensor,
-    eps: float = 1e-6,
-    site: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Residual add fused with RMSNorm: ``h = x + update``; returns ``(rms_norm(h), h)``."""
-    slots = _slots_for(site)
-    stats = _norm_stats(slots, site, x)
-    return _dispatch(x).add_rms_norm(x, update, weight, eps, stats)
-
-
-def attnres(
-    sources: torch.Tensor, query: torch.Tensor, eps: float = 1e-6, site: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax attention over depth. sources [N, *, D], query [D] -> (out [*, D], weights [N, *]).
-
-    keys = RMSNorm(sources) without a learned scale; weights = softmax_N(query · key);
-    out = Σ_N weights · sources.
-    """
-    slots = _slots_for(site)
-    stats = _depth_stats(slots, site, sources.shape[0], sources[0, ..., 0].numel())
-    return _dispatch(sources).attnres(sources, query, eps, stats)
-
-
-def block_attnres_phase1(
-    blocks: torch.Tensor, queries: torch.Tensor, eps: float = 1e-6
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Phase 1 of Block AttnRes: one pass over the completed blocks serves S queries.
-
-    blocks [n, *, D], queries [S, D] -> (out [S, *, D] normalised over the n blocks,
-    lse [S, *] float32 log-sum-exp of the logits).
-    """
-    return _dispatch(blocks).block_attnres_phase1(blocks, queries, eps)
-
-
-def block_attnres_phase2(
-    blocks: torch.Tensor,
-    phase1_out: torch.Tensor,
-    phase1_lse: torch.Tensor,
-    partial: torch.Tensor | None,
-    query: torch.Tensor,
-    eps: float = 1e-6,
-    site: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Phase 2: merge one sublayer's phase-1 result with the intra-block partial sum.
-
-    blocks [n, *, D] (only read for statistics), phase1_out [*, D], phase1_lse [*],
-    partial [*, D] or None (first sublayer of a block), query [D]
-    -> (out [*, D], weights [n + 1, *]) where the last weight row belongs to the partial sum
-    (zero when there is none). Equal to :func:`attnres` over ``blocks`` (+ ``partial``).
-    """
-    slots = _slots_for(site)
-    stats = _depth_stats(slots, site, blocks.shape[0], phase1_lse.numel(), partial is not None)
-    return _dispatch(blocks).block_attnres_phase2(
-        blocks, phase1_out, phase1_lse, partial, query, eps, stats
-    )
+_TRITON = _triton_importable()
 
 
 def _dispatch(x: torch.Tensor):
@@ -321,22 +295,101 @@ def _dispatch(x: torch.Tensor):
     return reference
 
 
-def _norm_stats(slots: StatsSlots | None, site: int | None, x: torch.Tensor):
-    if slots is None:
-        return None
-    slots.norm_numel[site] += x.numel()
-    return slots.norm_stats(site)
+def rms_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float = 1e-6,
+    rec: Recording | None = None,
+    site: int | None = None,
+) -> torch.Tensor:
+    """``x / rms(x) * weight`` over the last dim. x [*, D], weight [D] -> [*, D]."""
+    stats = None
+    if rec is not None and site is not None and not _in_recompute():
+        stats = NormStats(rec.norm[site].sq)
+    return _dispatch(x).rms_norm(x, weight, eps, stats)
 
 
-def _depth_stats(
-    slots: StatsSlots | None,
-    site: int | None,
-    n_sources: int,
-    n_tokens: int,
-    has_partial: bool = False,
-):
-    if slots is None:
+def add_rms_norm(
+    x: torch.Tensor,
+    update: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float = 1e-6,
+    rec: Recording | None = None,
+    site: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual add fused with RMSNorm: ``h = x + update``; returns ``(rms_norm(h), h)``."""
+    stats = None if rec is None or site is None else rec.norm[site]
+    if stats is not None and _in_recompute():
+        # A checkpoint's recomputation: the forward statistic was taken in the forward; the
+        # gradient one is still needed where the first forward built no graph (reentrant).
+        stats = NormStats(None, stats.grad_sq, stats.tap)
+    backend = _dispatch(x)
+    normed, h = backend.add_rms_norm(x, update, weight, eps, stats)
+    if stats is not None and stats.grad_sq is not None and backend is not reference:
+        # The kernel adds the value in its backward; a backward pass through the normalised
+        # output (always used, where h may not be after the last layer) counts the hit.
+        normed = rec.tap(normed, "norm_grad_sq", site, value=False)
+    return normed, h
+
+
+def inv_rms(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """1 / sqrt(mean(x²) + eps) over the last dim: [*, D] -> [*] (float32, or float64)."""
+    return reference.inv_rms(x, eps)
+
+
+def attnres(
+    sources: torch.Tensor,
+    query: torch.Tensor,
+    eps: float = 1e-6,
+    rec: Recording | None = None,
+    site: int | None = None,
+    source_inv_rms: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention over depth. sources [N, *, D], query [D] -> (out [*, D], weights [N, *]).
+
+    keys = RMSNorm(sources) without a learned scale; weights = softmax_N(query · key);
+    out = Σ_N weights · sources. source_inv_rms [N, *]: each source's :func:`inv_rms`, when the
+    caller keeps it (computed once per source instead of once per op on the reference path).
+    """
+    stats = _depth_stats(rec, site)
+    return _dispatch(sources).attnres(sources, query, eps, stats, source_inv_rms)
+
+
+def block_attnres_phase1(
+    blocks: torch.Tensor, queries: torch.Tensor, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Phase 1 of Block AttnRes: one pass over the completed blocks serves S queries.
+
+    blocks [n, *, D], queries [S, D] -> (out [S, *, D] normalised over the n blocks,
+    lse [S, *] float32 log-sum-exp of the logits, logits [S, n, *] float32).
+    """
+    return _dispatch(blocks).block_attnres_phase1(blocks, queries, eps)
+
+
+def block_attnres_phase2(
+    phase1_out: torch.Tensor,
+    phase1_lse: torch.Tensor,
+    block_logits: torch.Tensor,
+    partial: torch.Tensor | None,
+    query: torch.Tensor,
+    eps: float = 1e-6,
+    rec: Recording | None = None,
+    site: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Phase 2: merge one sublayer's phase-1 result with the intra-block partial sum.
+
+    phase1_out [*, D], phase1_lse [*], block_logits [n, *] (this query's phase-1 logits),
+    partial [*, D] or None (first sublayer of a block), query [D]
+    -> (out [*, D], weights [n + 1, *]) where the last weight row belongs to the partial sum
+    (zero when there is none). Equal to :func:`attnres` over the blocks (+ ``partial``).
+    """
+    stats = _depth_stats(rec, site)
+    return _dispatch(phase1_out).block_attnres_phase2(
+        phase1_out, phase1_lse, block_logits, partial, query, eps, stats
+    )
+
+
+def _depth_stats(rec: Recording | None, site: int | None) -> DepthStats | None:
+    if rec is None or site is None or not rec.depth or _in_recompute():
         return None
-    stats = slots.depth_stats(site, n_sources, has_partial)
-    slots.depth_tokens[site] += n_tokens
-    return stats
+    return rec.depth[site]

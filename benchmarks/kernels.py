@@ -134,7 +134,7 @@ def _depth_stats(n: int, partial: bool, device):
     def z(k):
         return torch.zeros(k, device=device)
 
-    return DepthStats(z(n), z(n), z(1), z(1) if partial else None, z(1) if partial else None)
+    return DepthStats(z(n), z(1), z(1) if partial else None)
 
 
 def _flash_attn_res():
@@ -250,25 +250,25 @@ def _phase2_case(st: Setting) -> Case:
     phase1 = {k: v.block_attnres_phase1 for k, v in st.impls.items()}
     if st.far is not None:
         phase1["flash-attn-res"] = st.far.phase_1_batched_attention_triton_op
-    rows = {}  # impl -> (phase-1 outputs, kept alive; out₁ row; lse row)
+    rows = {}  # impl -> (out₁ row as a leaf, lse row, logits row or None)
     with torch.no_grad():
         for k, fn in phase1.items():
-            out1, lse1 = fn(blocks, queries, 1e-6)
-            # Leaves sharing phase 1's storage, so that ours still finds phase 1's logits.
-            rows[k] = (out1, lse1), out1[1].detach().requires_grad_(), lse1[1].detach()
+            out1, lse1, *logits1 = fn(blocks, queries, 1e-6)
+            logits = logits1[0][1].detach() if logits1 else None
+            rows[k] = out1[1].detach().requires_grad_(), lse1[1].detach(), logits
     rows.update({k: rows["eager"] for k in st.impls if k not in rows})
 
     slots = _depth_stats(n, True, st.device)
 
     def fwd(fn, key):
-        _, o1, l1 = rows[key]
+        o1, l1, z1 = rows[key]
         return lambda stats: [
-            fn(blocks, o1, l1, partial, queries[1], 1e-6, slots if stats else None)[0]
+            fn(o1, l1, z1, partial, queries[1], 1e-6, slots if stats else None)[0]
         ]
 
     forwards = {k: fwd(v.block_attnres_phase2, k) for k, v in st.impls.items()}
     if st.far is not None:
-        _, o1_far, l1_far = rows["flash-attn-res"]
+        o1_far, l1_far, _ = rows["flash-attn-res"]
         merge = st.far.phase_2_online_softmax_merge_triton_op
         forwards["flash-attn-res"] = lambda stats: [
             merge(partial, queries[1], o1_far, l1_far, 1e-6)
@@ -281,7 +281,7 @@ def _phase2_case(st: Setting) -> Case:
         [partial],
         forwards,
         {"fwd": 3 * st.md + small, "bwd": 5 * st.md + 2 * m * 4},
-        leaves={k: [rows[k][1]] for k in forwards},
+        leaves={k: [rows[k][0]] for k in forwards},
     )
 
 
@@ -295,12 +295,12 @@ def _block_case(st: Setting) -> Case:
 
     def ours(mod):
         def run(stats):
-            out1, lse1 = mod.block_attnres_phase1(blocks, queries, 1e-6)
+            out1, lse1, logits1 = mod.block_attnres_phase1(blocks, queries, 1e-6)
             outs = [out1[0]]
             for i in range(1, s):
                 outs.append(
                     mod.block_attnres_phase2(
-                        blocks, out1[i], lse1[i], partials[i], queries[i], 1e-6,
+                        out1[i], lse1[i], logits1[i], partials[i], queries[i], 1e-6,
                         slots[i] if stats else None,
                     )[0]
                 )  # fmt: skip
@@ -439,7 +439,8 @@ def time_case(case: Case, timer: Timer, copy_gbps: float, stats_modes) -> list[R
 def training_step(
     residual: str, backend: str, record: bool, args, device, timer_steps: int
 ) -> dict:
-    from attnres_probe import ops
+    from attnres_probe.hooks.layout import RowLayout
+    from attnres_probe.hooks.taps import NativeTaps
     from attnres_probe.models.config import ModelConfig
     from attnres_probe.models.model import build_model
 
@@ -455,8 +456,8 @@ def training_step(
     model = build_model(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     idx = torch.randint(0, cfg.vocab_size, (args.step_batch, args.step_seq), device=device)
-    n_sources = max(1, len(cfg.source_names))
-    slots = ops.StatsSlots(cfg.n_sublayers + 1, n_sources, device=device)
+    taps = NativeTaps(model)
+    recording = RowLayout(taps.shape).recording(device, taps.sources_at)
     amp = (
         torch.autocast(device.type, torch.bfloat16)
         if device.type == "cuda"
@@ -464,13 +465,14 @@ def training_step(
     )
 
     def step():
-        rec = ops.recording(slots) if record else contextlib.nullcontext()
-        with rec, amp:
+        model.recording = recording if record else None
+        with amp:
             logits = model(idx)
             loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), idx.flatten())
         loss.backward()
         if record:
-            slots.settle()
+            recording.settle()
+            recording.reset()
         opt.step()
         opt.zero_grad(set_to_none=True)
 

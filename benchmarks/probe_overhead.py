@@ -7,8 +7,9 @@ its overhead is the median over chunks of (its chunk time / the no-probe chunk t
 same round), a paired ratio that cancels slow drifts in machine load.
 
 Variants: no probe; no probe again on a second copy (an A/A pair: how far apart two identical
-variants land, the noise floor of the ratios); the ops' statistics alone (``ops.recording``
-around each step, nothing read: what the kernels' by-products cost on this device); the probe
+variants land, the noise floor of the ratios); the statistics alone (the probe's
+``ops.Recording`` handed to the model, settled and reset each step, nothing read: what the
+kernels' by-products cost on this device); the probe
 at every=1 and every=10 (statistics, hooks, parameter-gradient norms, store writes); and a
 naive probe that calls ``.item()`` per sublayer per step (one device->host sync each on a GPU).
 
@@ -33,8 +34,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from attnres_probe import ops
 from attnres_probe.hooks import probe
+from attnres_probe.hooks.layout import RowLayout
 from attnres_probe.hooks.taps import NativeTaps
 from attnres_probe.models import ModelConfig, build_model
 
@@ -71,21 +72,24 @@ class NaiveProbe:
 
 
 class OpsStatsOnly:
-    """The ops' statistics the probe asks for (its own slots), open around every step and
-    never read."""
+    """The statistics the probe asks this model for (its own recording), taken every step and
+    never read: what the ops and the model's forward add, without the probe around them."""
 
     def __init__(self, model: torch.nn.Module):
-        self.slots = NativeTaps(model).slots
+        taps = NativeTaps(model)
+        self.model = model
+        self.rec = RowLayout(taps.shape).recording(next(model.parameters()).device, taps.sources_at)
 
     def __enter__(self) -> OpsStatsOnly:
+        self.model.recording = self.rec
         return self
 
     def __exit__(self, *exc) -> None:
-        pass
+        self.model.recording = None
 
     def step(self, loss: torch.Tensor) -> None:
-        self.slots.settle()
-        self.slots.reset()
+        self.rec.settle()
+        self.rec.reset()
 
 
 class Variant:
@@ -100,14 +104,8 @@ class Variant:
 
     def train_step(self) -> None:
         x = self.batch
-        recording = (
-            ops.recording(self.probe.slots)
-            if isinstance(self.probe, OpsStatsOnly)
-            else contextlib.nullcontext()
-        )
-        with recording:
-            loss = F.cross_entropy(self.model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
-            loss.backward()
+        loss = F.cross_entropy(self.model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
+        loss.backward()
         if self.probe is not None:
             self.probe.step(loss=loss)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)

@@ -33,8 +33,10 @@ def claims(
         typer.Option(help="Exit 1 unless this file's claims section equals the table."),
     ] = None,
 ) -> None:
-    """Measure the paper's depth-dynamics claims on every run under ROOT (dilution, gradient
-    spread, depth-attention entropy, held-out loss, pruning) with a verdict for each."""
+    """Measure the paper's claims, as the paper states them, on every run under ROOT (output
+    magnitude per layer, Block AttnRes's periodic pattern, the early-layer gradient excess,
+    depth-attention entropy, Block vs Full), each with a verdict and every run's value; then
+    diagnostics (gradient spread, mass received) and pruning."""
     from attnres_probe.tools.claims import claims_for_folder, marked_block, replace_marked
 
     # A README that cannot be used fails before the runs are measured.

@@ -21,13 +21,6 @@ from attnres_probe.cli.main import app
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-def dashboard_script() -> Path:
-    """The installed entry script of the Streamlit app (works for wheels and source trees)."""
-    import attnres_probe.app
-
-    return Path(attnres_probe.app.__file__).resolve().parent / "dashboard.py"
-
-
 def cannot_bind(host: str, port: int) -> str | None:
     """Why a server could not listen on ``host``:``port`` now, or None when it could."""
     try:
@@ -53,18 +46,10 @@ def free_port(host: str, start: int = 8501, tries: int = 100) -> int:
     raise OSError(f"no free port in {start}..{start + tries - 1} on {host}; pass --port")
 
 
-def streamlit_command(script: Path, host: str, port: int) -> list[str]:
-    """``python -m streamlit run`` with the dashboard's server settings."""
-    return [
-        sys.executable, "-m", "streamlit", "run", str(script),
-        "--server.address", host,
-        "--server.port", str(port),
-        "--server.headless", "true",
-        "--server.fileWatcherType", "none",
-        "--server.runOnSave", "false",
-        "--browser.gatherUsageStats", "false",
-        "--client.toolbarMode", "viewer",
-    ]  # fmt: skip
+def server_command(host: str, port: int) -> list[str]:
+    """The dashboard's server process (:mod:`attnres_probe.app.server`): Streamlit behind a
+    check of every request's Host and Origin."""
+    return [sys.executable, "-m", "attnres_probe.app.server", host, str(port)]
 
 
 def _open_when_ready(url: str, timeout_s: float = 60.0) -> None:
@@ -139,7 +124,7 @@ def dashboard(
     if open_browser:
         threading.Thread(target=_open_when_ready, args=(url,), daemon=True).start()
 
-    proc = subprocess.Popen(streamlit_command(dashboard_script(), host, port), env=env)
+    proc = subprocess.Popen(server_command(host, port), env=env)
     code = serve_until_stopped(proc)
     if code:
         raise typer.Exit(code)

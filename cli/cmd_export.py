@@ -23,11 +23,20 @@ from attnres_probe.tools.export import FORMATS, ExportError, check_format, same_
 
 
 class FigureChoice(enum.StrEnum):
+    # The names of attnres_probe.figures.FIGURES (spelled out so the CLI starts without
+    # importing plotly; a test keeps the two equal), and "all".
     dilution = "dilution"
+    layer_output = "layer-output"
+    growth_over_training = "growth-over-training"
     relative_update = "relative-update"
     depth_heatmap = "depth-heatmap"
+    depth_heatmap_by_kind = "depth-heatmap-by-kind"
     depth_entropy = "depth-entropy"
+    mass_received = "mass-received"
     grad_depth = "grad-depth"
+    layer_grad = "layer-grad"
+    layer_param_grad = "layer-param-grad"
+    excess_over_training = "excess-over-training"
     grad_map = "grad-map"
     update_map = "update-map"
     pruning = "pruning"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
 from attnres_probe.cli.common import (
     command_name,
@@ -53,6 +57,31 @@ def _rows(s: dict[str, Any]) -> list[tuple[str, str]]:
                 f", slope {_fmt(d['linear_slope'], 3)}/sublayer",
             )
         )
+    if o := s.get("output_magnitude"):
+        rows.append(
+            (
+                "output magnitude growth",
+                f"exponent {_fmt(o['exponent'], 3)}, last/first {_fmt(o['last_first_ratio'], 3)}"
+                " (layer_output_rms per layer)",
+            )
+        )
+    if b := s.get("block_periodicity"):
+        rows.append(
+            (
+                "block periodic pattern",
+                f"rise within blocks ×{_fmt(b['within_block_rise'], 3)}, at boundaries "
+                f"×{_fmt(b['boundary_drop'], 3)}, across blocks exponent "
+                f"{_fmt(b['across_block_exponent'], 3)}",
+            )
+        )
+    if e := s.get("early_gradient_excess"):
+        parts = [f"{v} {_fmt(e[v], 3)}" for v in ("layer_grad_norm", "param_grad_norm") if v in e]
+        rows.append(
+            (
+                "early gradient excess",
+                ", ".join(parts) + f" (first {e['early_layers']} layers / median)",
+            )
+        )
     if r := s.get("relative_update"):
         rows.append(
             (
@@ -64,7 +93,7 @@ def _rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     if g := s.get("gradient_spread"):
         rows.append(
             (
-                "gradient spread",
+                "gradient spread (diagnostic)",
                 f"CV {_fmt(g['cv'], 3)}, max/min {_fmt(g['max_over_min'], 3)}",
             )
         )
@@ -78,13 +107,19 @@ def _rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         )
         top = ", ".join(f"{t['source']} {_fmt(t['share'], 2)}" for t in d["top_sources"])
         rows.append(("top depth sources", top))
-    if p := s.get("most_prunable"):
-        key = "loss_increase" if "loss_increase" in p["layers"][0] else "block_influence"
-        units = ", ".join(f"{u['unit']} ({_fmt(u[key], 3)})" for u in p["layers"])
-        rows.append(("most prunable layers", f"{units} (by {p['by']})"))
+    if s.get("mass_gradient_spearman") is not None:
+        rows.append(
+            ("mass received vs gradient", f"Spearman ρ {_fmt(s['mass_gradient_spearman'], 3)}")
+        )
+    for removal, p in (s.get("pruning") or {}).items():
+        units = ", ".join(f"{u['unit']} ({_fmt(u['loss_increase'], 3)})" for u in p["layers"])
+        rows.append((f"most prunable ({removal})", f"{units} (by {p['by']})"))
         if p.get("spearman"):
             rho = ", ".join(f"{k} {_fmt(v, 2)}" for k, v in p["spearman"].items())
-            rows.append(("proxy Spearman ρ", rho))
+            rows.append((f"proxy Spearman ρ ({removal})", rho))
+    if not s.get("pruning") and (p := s.get("most_prunable")):
+        units = ", ".join(f"{u['unit']} ({_fmt(u['block_influence'], 3)})" for u in p["layers"])
+        rows.append(("most prunable layers", f"{units} (by {p['by']})"))
     return rows
 
 
@@ -101,7 +136,6 @@ def _print_runs(root: Path, runs: list, as_json: bool) -> None:
     from dataclasses import asdict
 
     from rich.table import Table
-    from rich.text import Text
 
     if as_json:
         typer.echo(json.dumps([asdict(r) for r in runs], indent=2, ensure_ascii=False))
@@ -120,6 +154,26 @@ def _print_runs(root: Path, runs: list, as_json: bool) -> None:
     )
 
 
+@contextlib.contextmanager
+def warnings_as_lines(run: Path) -> Iterator[None]:
+    """Print the warnings raised inside, once each, as one ``warning: …`` line on stderr when
+    the block succeeds: a partial read gives one line per thing it lost. numpy's notes on
+    statistics of all-NaN data are left out: those statistics show as –."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+    lines: dict[str, None] = {}
+    for w in caught:
+        notes = getattr(w.message, "notes", None)  # RunStoreWarning: what a partial read lost
+        if notes:
+            lines.update({f"run {run} was read in part: {note}": None for note in notes})
+        else:
+            lines[" ".join(str(w.message).split())] = None
+    for line in lines:
+        err_console.print(Text.assemble(("warning:", "yellow"), " ", line), soft_wrap=True)
+
+
 @app.command()
 def info(
     run: Annotated[Path, typer.Argument(help="Run directory (or its .zarr store).")],
@@ -132,7 +186,6 @@ def info(
     """Summarise a run: model, steps recorded and its headline depth-dynamics numbers; given a
     folder of runs, list them."""
     from rich.table import Table
-    from rich.text import Text
 
     listed = _runs_below(run)
     if listed:
@@ -140,7 +193,7 @@ def info(
             raise fail(f"{run} is a folder of {len(listed)} runs; --repair mends one: name it")
         _print_runs(run, listed, as_json)
         return
-    with library_errors():
+    with library_errors(), warnings_as_lines(run):
         from attnres_probe.analysis.summary import run_summary
         from attnres_probe.checkpoint import checkpoint_facts
         from attnres_probe.store import open_run

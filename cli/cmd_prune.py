@@ -25,6 +25,11 @@ class Granularity(enum.StrEnum):
     block = "block"
 
 
+class Removal(enum.StrEnum):
+    mask = "mask"
+    zero = "zero"
+
+
 @app.command()
 def prune(
     run: Annotated[Path, typer.Argument(help="Run directory holding a checkpoint.")],
@@ -40,8 +45,16 @@ def prune(
         int | None, typer.Option("--seq-len", min=2, help="Default: the run's training value.")
     ] = None,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
+    removal: Annotated[
+        Removal | None,
+        typer.Option(
+            help="mask: the unit leaves every later depth softmax (AttnRes; their default). "
+            "zero: its update is replaced by zeros (the only choice for a baseline)."
+        ),
+    ] = None,
 ) -> None:
-    """Remove each unit of a checkpoint in turn; store and compare the held-out loss increase."""
+    """Remove each unit of a checkpoint in turn; store and compare the held-out loss increase.
+    Results of each granularity and removal are kept side by side in the run."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
     from rich.table import Table
 
@@ -53,9 +66,19 @@ def prune(
             f"run {run} is a file, not a run directory; pass the folder holding its "
             "checkpoint.safetensors"
         )
+    from attnres_probe.analysis.pruning import check_removal, run_residual
+    from attnres_probe.analysis.select import AnalysisError
+
+    residual = run_residual(run)
+    if residual is not None:  # without a readable checkpoint, loading it says why below
+        try:
+            removal_value = check_removal(residual, removal.value if removal else None)
+        except AnalysisError as err:
+            raise fail(f"--removal: {err}", 2) from None
+    else:
+        removal_value = removal.value if removal else None
     with library_errors():
         from attnres_probe.analysis.pruning import compare_with_proxies, prune_run
-        from attnres_probe.analysis.select import AnalysisError
         from attnres_probe.store import open_run
 
         columns = (
@@ -80,13 +103,15 @@ def prune(
                 seq_len=seq_len,
                 device=device,
                 progress=on_unit,
+                removal=removal_value,
             )
+        used = str(results.attrs["removal"])
         try:
-            table_data = compare_with_proxies(open_run(run), granularity.value)
+            table_data = compare_with_proxies(open_run(run), granularity.value, removal=used)
         except AnalysisError:  # no recording to compare with: the measured losses alone
             table_data = results
     proxies = [p for p in ("block_influence", "relative_update") if p in table_data]
-    table = Table(title=f"{run}: removing each {granularity.value}")
+    table = Table(title=f"{run}: removing each {granularity.value} ({used} removal)")
     for col in ("unit", "loss", "increase", *proxies):
         table.add_column(col, justify="left" if col == "unit" else "right")
     for i, unit in enumerate(table_data["unit"].values):

@@ -6,14 +6,20 @@
             p.step(loss=loss)            # after backward, before clipping and the optimizer
             opt.step(); opt.zero_grad()
 
-Step semantics: the probe counts steps from 0; ``p.step()`` closes step k. Hooks are active
-during step k's forward and backward passes only if ``k % every == 0`` (the decision for the
-next step is taken when the previous one closes), so unrecorded steps run no statistics at
-all. Every forward of the model inside a recorded step adds to it (gradient accumulation
-works); parameter gradients are read when ``p.step`` is called, i.e. before clipping.
+Step semantics: the probe counts steps from 0; ``p.step()`` closes step k. Statistics are
+taken during step k's forward and backward passes only if ``k % every == 0`` (the decision for
+the next step is taken when the previous one closes), so unrecorded steps compute no
+statistics at all. Every forward of the model inside a recorded step adds to it (gradient
+accumulation works); parameter gradients are read when ``p.step`` is called, i.e. before
+clipping.
 
-Nothing on the hot path reads a device value: hooks add into views of a preallocated device
-row; each flush (``flush_every`` recorded steps, and on exit) copies the rows to the host once
+One accumulation path: a recorded step adds into one ``ops.Recording`` (float32 sums and int64
+counts on the model's device; gradient statistics through identity taps whose backward hands
+‖∂L/∂x‖² to autograd). The ops, this project's models and the module hooks on any other model
+all add into it with plain tensor ops, so nothing on the hot path reads a device value and a
+``torch.compile``d model keeps one graph for recorded and one for unrecorded steps. When a step
+closes its sums and counts are copied into one row of a flush buffer; each flush
+(``flush_every`` recorded steps, and on exit) copies the rows to the host once
 (asynchronously into pinned memory on CUDA), turns sums into RMS values and means there, and
 appends them to the store. Under torch.distributed the rows are summed across ranks with one
 ``all_reduce`` per flush and rank 0 writes (see ``ranks``).
@@ -29,6 +35,7 @@ flushed, and never in the middle of a flush (see ``interrupts``).
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 import weakref
 from collections.abc import Callable
@@ -44,31 +51,44 @@ from attnres_probe import ops
 from attnres_probe.hooks import interrupts
 from attnres_probe.hooks.discovery import LayersArg, discover_layers
 from attnres_probe.hooks.errors import ProbeError, ProbeStoreError, ProbeWarning
-from attnres_probe.hooks.layout import RowLayout, StepRow
+from attnres_probe.hooks.layout import RowLayout
 from attnres_probe.hooks.ranks import Ranks, has_sharded_params, unwrap
 from attnres_probe.hooks.sink import RunSink, run_attrs, run_coords
-from attnres_probe.hooks.taps import ModuleTaps, NativeTaps, first_tensor, is_native
+from attnres_probe.hooks.taps import ModuleTaps, NativeTaps, is_native
 
 __all__ = ["probe", "Probe", "ProbeError", "ProbeStoreError", "ProbeWarning"]
 
 # Unwrapped model -> the probe attached to it (a model is probed by one probe at a time).
 _ATTACHED: weakref.WeakKeyDictionary[nn.Module, Probe] = weakref.WeakKeyDictionary()
+# The most the flush buffer may take (device memory, and as much again pinned on the host).
+MAX_BUFFER_BYTES = 256 * 2**20
 
 
 @dataclass
 class _Flush:
-    """Recorded rows on their way to the host: ``host`` [k, n_sums (+ n_counts)]."""
+    """Recorded rows on their way to the host: ``host`` [k, n_sums + n_counts] (float64 when
+    reduced across ranks), or ``sums`` / ``counts`` apart."""
 
     steps: list[int]
-    host: torch.Tensor
-    counts: np.ndarray | None  # None: the counts were reduced across ranks inside ``host``
+    sums: torch.Tensor
+    counts: torch.Tensor
     event: Any  # a CUDA event marking the copy, or None when the copy already happened
 
 
 class Probe:
-    """Forward/backward hooks on one model that record every ``every``-th step into a run.
+    """A probe recording ``model`` every ``every`` steps into the run at ``run_path``; use it
+    as a context manager (statistics are taken only inside the ``with``). A probe records one
+    run: once closed it cannot be entered again.
 
-    Use as a context manager (see :func:`probe`); the hooks exist only inside the ``with``.
+    model: this project's ``Transformer`` (statistics from its ops and forward), or any PreNorm
+    decoder such as a Hugging Face GPT-2 or Llama (module hooks; layers found automatically, or
+    named by ``layers`` as in ``attnres_probe.hooks.discovery``); DDP/FSDP wrappers and
+    ``torch.compile`` are looked through.
+    attrs: extra run attributes. strict: raise on store failures instead of warning once.
+    flush_every: recorded steps per device->host copy and store flush.
+    on_nonfinite(step, count): called when a flushed step holds non-finite statistics.
+    distributed: reduce across torch.distributed ranks (None: when initialized).
+    sharded_grads: parameter gradients are sharded across ranks (None: detect FSDP).
     """
 
     def __init__(
@@ -85,7 +105,7 @@ class Probe:
         sharded_grads: bool | None = None,
     ):
         for name, value in (("every", every), ("flush_every", flush_every)):
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
         self.model = model
         self.module = unwrap(model)
@@ -96,25 +116,32 @@ class Probe:
         self.on_nonfinite = on_nonfinite
         self.step_index = 0  # the step that the next p.step() closes
         self.recorded_steps: list[int] = []  # steps closed and recorded (handed to the store)
-        self.row: StepRow | None = None  # set only while a recorded forward runs
         self._layers = layers
         self._attrs = dict(attrs or {})
         self._distributed = distributed
         self._sharded_grads = sharded_grads
-        self._handles: list[RemovableHandle] = []  # the model's own two hooks, while attached
-        self._forward_handles: list[RemovableHandle] = []  # taps' hooks, in a recorded forward
+        self._handles: list[RemovableHandle] = []  # every hook, while attached
         self._entered = False
+        self._closed = False
+        self._thread: int | None = None
         self._held_signals = False  # SIGTERM / SIGINT handled by ``interrupts`` while attached
         self._disabled = False  # no store to write to: nothing is recorded
         self._pending: _Flush | None = None
-        self._open_row: StepRow | None = None
-        self._depth = 0  # nesting of model forwards (only the outermost one records)
+        self._forward_seen = False  # a forward ran since the last p.step()
+        self._forward_failed = False  # a forward of this step raised midway
+        self._warned_no_forward = False
 
     # ------------------------------------------------------------------ attach / detach
 
     def __enter__(self) -> Probe:
         if self._entered:
             raise ProbeError("this probe is already attached; use one `with probe(...)` block")
+        if self._closed:
+            raise ProbeError(
+                f"this probe already recorded the run {str(self.run_path)!r} and was closed; "
+                "make a new probe(...) for another recording (entering it again would replace "
+                "that run)"
+            )
         other = _ATTACHED.get(self.module)
         if other is not None:
             raise ProbeError(
@@ -123,23 +150,37 @@ class Probe:
                 "before attaching another"
             )
         module = self.module
+        device = _device_of(module)
+        if device.type == "meta":
+            raise ProbeError(
+                "the model's parameters are on the meta device (no data); load or materialise "
+                "the weights (e.g. model.to_empty(device=...) and load a state dict) before "
+                "attaching a probe"
+            )
         if self._layers is None and is_native(module):
             self.taps = NativeTaps(module)
         else:
             self.taps = ModuleTaps(discover_layers(module, self._layers))
         self.layout = layout = RowLayout(self.taps.shape)
-        device = _device_of(module)
-        self._buf = torch.zeros(self.flush_every, layout.n_sums, device=device)
-        self._counts = np.zeros((self.flush_every, layout.n_counts), dtype=np.int64)
-        # Views into every row, made once: opening a step's row costs no tensor op.
-        self._sum_views = [layout.sum_views(row) for row in self._buf]
-        self._count_views = [layout.count_views(row) for row in self._counts]
+        self.rec = rec = layout.recording(device, self.taps.sources_at)
+        n_sums, n_counts = rec.sums.numel(), rec.counts.numel()
+        needed = self.flush_every * (4 * n_sums + 8 * n_counts)
+        if needed > MAX_BUFFER_BYTES:
+            raise ProbeError(
+                f"flush_every={self.flush_every} needs a {needed / 2**20:.0f} MiB buffer for this "
+                f"model ({n_sums + n_counts} values a step), over the "
+                f"{MAX_BUFFER_BYTES // 2**20} MiB limit; use flush_every <= "
+                f"{max(1, MAX_BUFFER_BYTES // (4 * n_sums + 8 * n_counts))}"
+            )
+        self._sum_buf = torch.zeros(self.flush_every, n_sums, device=device)
+        self._count_buf = torch.zeros(self.flush_every, n_counts, dtype=torch.int64, device=device)
         self._row_steps: list[int] = []
         self._params = [
             (p, index) for index, params in enumerate(self.taps.layer_params) for p in params
         ]
-        # Device index tensors, cached: hooks fire in the same order each step.
-        self._index_tensor = ops.IndexCache(device)
+        self._query_params = [
+            (p, index) for index, params in enumerate(self.taps.query_params) for p in params
+        ]
         self.ranks = Ranks(self._distributed)
         sharded = self._sharded_grads
         self._sharded = has_sharded_params(self.model) if sharded is None else sharded
@@ -153,11 +194,14 @@ class Probe:
             if not opened and not self.ranks.active:
                 self._disabled = True  # nowhere to write: record nothing
         self._entered = True
+        self._thread = threading.get_ident()
         _ATTACHED[module] = self
         try:
+            self.taps.attach(self, self._handles)
             before, after = _model_hooks(self)
             self._handles.append(module.register_forward_pre_hook(before))
             self._handles.append(module.register_forward_hook(after, always_call=True))
+            self.taps.set_recording(rec if self.records(0) else None)
             # From here on SIGTERM unwinds through __exit__ (which flushes) instead of ending
             # the process on the spot; see ``interrupts``.
             self._held_signals = interrupts.hold()
@@ -200,17 +244,14 @@ class Probe:
             self.__exit__(None, None, None)
 
     def _detach(self) -> None:
-        if self.row is not None:  # left in the middle of a forward
-            self.taps.end_forward(self.row)
-            self.row = None
-        self._depth = 0
-        self._remove_forward_hooks()
+        self.taps.detach()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
         if _ATTACHED.get(self.module) is self:
             del _ATTACHED[self.module]
         self._entered = False
+        self._closed = True
 
     # ------------------------------------------------------------------ the training step
 
@@ -223,93 +264,84 @@ class Probe:
         are now (call after backward, before clipping), and flush when the buffer is full."""
         if not self._entered:
             raise ProbeError("p.step() called outside the `with probe(...)` block")
+        if threading.get_ident() != self._thread:
+            raise ProbeError(
+                "p.step() was called from another thread than the one that entered the probe; "
+                "a probe records one training loop: call it from that loop's thread"
+            )
+        if not self._forward_seen and not self._warned_no_forward:
+            self._warned_no_forward = True
+            warnings.warn(
+                f"probe: p.step() closed step {self.step_index} with no forward of the model "
+                "since the previous p.step(); call it once per training step, after backward "
+                "(this warning is shown once)",
+                ProbeWarning,
+                stacklevel=2,
+            )
+        self._forward_seen = False
         k = self.step_index
-        if self.records(k):
-            row = self._current_row()
-            self.taps.end_step(row)
-            row.settle_grads()
-            row.commit(self._index_tensor)  # gradient terms from the backward pass
+        if self.records(k) and self._forward_failed:
+            # Part of a forward added its statistics and part did not: no mean would be right.
+            self._forward_failed = False
+            self.rec.settle()
+            self.rec.reset()
+            warnings.warn(
+                f"probe: a forward of step {k} raised midway; the step is not recorded",
+                ProbeWarning,
+                stacklevel=2,
+            )
+        elif self.records(k):
+            rec = self.rec
+            rec.settle()
             if loss is not None:
-                self._add_loss(row, loss)
-            self._add_param_grads(row)
+                self._add_loss(rec, loss)
+            if rec.backward_seen:  # parameter gradients belong to this step
+                self._add_param_grads(rec, self._params, "param_sq", "param_present")
+                self._add_param_grads(rec, self._query_params, "query_sq", "query_present")
+            n = len(self._row_steps)
+            self._sum_buf[n].copy_(rec.sums)
+            self._count_buf[n].copy_(rec.counts)
+            rec.reset()
             self._row_steps.append(k)
-            self._open_row = None
             if len(self._row_steps) == self.flush_every:
                 self._flush()
         self.step_index = k + 1
+        self.taps.set_recording(self.rec if self.records(k + 1) else None)
         if self._pending is not None:
             self._drain(block=False)
 
-    def _current_row(self) -> StepRow:
-        if self._open_row is None:
-            n = len(self._row_steps)
-            self._open_row = StepRow(self._sum_views[n], self._count_views[n])
-        return self._open_row
-
-    def _before_forward(self, module: nn.Module, args: tuple) -> None:
-        self._depth += 1
-        if self._depth > 1:
-            return
-        if not self.records(self.step_index):
-            # The taps' module hooks come with recorded steps and leave before any other
-            # forward: unrecorded steps run the model exactly as without a probe.
-            self._remove_forward_hooks()
-            return
-        row = self._current_row()
-        if not self._forward_handles:
-            self.taps.attach(self, self._forward_handles)
-        self.taps.begin_forward(row)
-        self.row = row
-
-    def _after_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
-        self._depth = max(0, self._depth - 1)
-        row = self.row
-        if self._depth > 0 or row is None:
-            return
-        self.row = None
-        self.taps.end_forward(row)
-        row.commit(self._index_tensor)
-        out = first_tensor(output)
-        if out is not None and out.requires_grad:
-            out.register_hook(_count_backward(row.counts["backward_passes"]))
-
-    def _remove_forward_hooks(self) -> None:
-        for handle in self._forward_handles:
-            handle.remove()
-        self._forward_handles.clear()
-
-    def _add_loss(self, row: StepRow, loss: torch.Tensor | float) -> None:
-        slot = row.sums["loss"]
+    def _add_loss(self, rec: ops.Recording, loss: torch.Tensor | float) -> None:
         if isinstance(loss, torch.Tensor):
             if loss.numel() != 1:
                 raise ValueError(
                     f"loss has shape {tuple(loss.shape)}; p.step(loss=...) takes a scalar, "
                     "e.g. loss.mean()"
                 )
-            slot.add_(loss.detach().reshape(1).to(slot.device, torch.float32, non_blocking=True))
+            value = loss.detach().reshape(()).to(rec.device, torch.float32, non_blocking=True)
+            rec.add("loss", 0, value)
         else:
-            slot.add_(float(loss))
-        row.counts["loss"][0] += 1
+            rec.add("loss", 0, float(loss))
+        rec.count("loss", 0, 1)
 
-    def _add_param_grads(self, row: StepRow) -> None:
-        """Σ grad² per layer into the row; layers stay missing without a backward pass."""
-        if row.counts["backward_passes"][0] == 0:
-            return
-        grads, layers = [], []
-        for p, layer in self._params:
+    def _add_param_grads(self, rec: ops.Recording, params: list, name: str, present: str) -> None:
+        """Σ grad² per unit into ``name``; units without a gradient stay missing."""
+        grads, units = [], []
+        for p, unit in params:
             g = p.grad
             if g is None:
                 continue
             if self._sharded and hasattr(g, "to_local"):
                 g = g.to_local()
             grads.append(g)
-            layers.append(layer)
+            units.append(unit)
         if not grads:
             return
-        index = self._index_tensor(tuple(layers))
         norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
-        row.sums["param_sq"].index_add_(0, index, torch.stack(norms).to(self._buf.device).square())
-        row.counts["param_present"][np.unique(layers)] += 1
+        rec.views[name].index_add_(
+            0, rec.index(tuple(units)), torch.stack(norms).to(rec.device).square()
+        )
+        seen = tuple(sorted(set(units)))
+        rec.count_views[present].index_fill_(0, rec.index(seen), 1)
 
     # ------------------------------------------------------------------ flushing
 
@@ -323,33 +355,41 @@ class Probe:
         if n == 0:
             return
         self._drain(block=True, during_exception=during_exception)  # keep flushes in order
-        sums = self._buf[:n]
-        counts = self._counts[:n].copy()
-        source, host_counts = sums, counts
+        sums, counts = self._sum_buf[:n], self._count_buf[:n]
         if self.ranks.active:
-            source = torch.cat(
-                [sums.double(), torch.from_numpy(counts).to(sums.device, torch.float64)], 1
-            )
+            both = torch.cat([sums.double(), counts.double()], 1)
             if not self._sharded and not self.ranks.is_writer:
-                source[:, self.layout.sum_columns("param_sq")] = 0  # replicated: count rank 0's
-            self.ranks.all_reduce_sum(source)
-            host_counts = None
+                both[:, self._param_columns()] = 0  # replicated gradients: count rank 0's
+            self.ranks.all_reduce_sum(both)
+            sums, counts = both[:, : sums.shape[1]].float(), both[:, sums.shape[1] :].round().long()
         steps = list(self._row_steps)
         self._row_steps.clear()
         self.recorded_steps += steps
         if self.ranks.is_writer:
-            if source.is_cuda:
-                host = torch.empty(source.shape, dtype=source.dtype, pin_memory=True)
-                host.copy_(source, non_blocking=True)
+            if sums.is_cuda:
+                host_sums = torch.empty(sums.shape, dtype=sums.dtype, pin_memory=True)
+                host_counts = torch.empty(counts.shape, dtype=counts.dtype, pin_memory=True)
+                host_sums.copy_(sums, non_blocking=True)
+                host_counts.copy_(counts, non_blocking=True)
                 event = torch.cuda.Event()
                 event.record()
             else:
-                host, event = source.clone(), None
-            self._pending = _Flush(steps, host, host_counts, event)
-        self._buf[:n].zero_()  # ordered after the copy on the same stream
-        self._counts[:n] = 0
+                host_sums, host_counts, event = sums.clone(), counts.clone(), None
+            self._pending = _Flush(steps, host_sums, host_counts, event)
+        self._sum_buf[:n].zero_()  # ordered after the copy on the same stream
+        self._count_buf[:n].zero_()
         if self._pending is not None and self._pending.event is None:
             self._drain(block=True, during_exception=during_exception)
+
+    def _param_columns(self) -> list[int]:
+        """Columns of the parameter-gradient sums in a row."""
+        columns, start = [], 0
+        for name, shape in self.rec.sum_shapes.items():
+            size = int(np.prod(shape))
+            if name in ("param_sq", "query_sq"):
+                columns += range(start, start + size)
+            start += size
+        return columns
 
     def _drain(self, block: bool, during_exception: bool = False) -> None:
         """Hand a flush whose copy has finished to the store (wait for it if ``block``)."""
@@ -365,13 +405,10 @@ class Probe:
                 return
             pending.event.synchronize()
         self._pending = None
-        data = pending.host.numpy()
-        n_sums = self.layout.n_sums
-        if pending.counts is None:
-            sums, counts = data[:, :n_sums], np.rint(data[:, n_sums:]).astype(np.int64)
-        else:
-            sums, counts = data, pending.counts
-        values = self.layout.variables(sums, counts, self.ranks.grad_scale)
+        layout, rec = self.layout, self.rec
+        sums = layout.split(pending.sums.numpy(), rec.sum_shapes)
+        counts = layout.split(pending.counts.numpy(), {n: (k,) for n, k in rec.count_sizes.items()})
+        values = layout.variables(sums, counts, self.ranks.grad_scale)
         self._sink.write(pending.steps, values, during_exception)
         if self.on_nonfinite is not None:
             for step, count in zip(pending.steps, values["nonfinite"], strict=True):
@@ -379,63 +416,25 @@ class Probe:
                     self.on_nonfinite(step, int(count))
 
 
-def probe(
-    model: nn.Module,
-    run_path: str | os.PathLike,
-    every: int = 1,
-    layers: LayersArg | None = None,
-    attrs: dict[str, Any] | None = None,
-    strict: bool = False,
-    flush_every: int = 64,
-    on_nonfinite: Callable[[int, int], None] | None = None,
-    distributed: bool | None = None,
-    sharded_grads: bool | None = None,
-) -> Probe:
-    """A probe recording ``model`` every ``every`` steps into the run at ``run_path``.
-
-    model: this project's ``Transformer`` (statistics from the ops), or any PreNorm decoder
-    such as a Hugging Face GPT-2 or Llama (module hooks; layers found automatically, or named
-    by ``layers`` as in ``attnres_probe.hooks.discovery``); DDP/FSDP wrappers are looked through.
-    attrs: extra run attributes. strict: raise on store failures instead of warning once.
-    flush_every: recorded steps per device->host copy and store flush.
-    on_nonfinite(step, count): called when a flushed step holds non-finite statistics.
-    distributed: reduce across torch.distributed ranks (None: when initialized).
-    sharded_grads: parameter gradients are sharded across ranks (None: detect FSDP).
-    """
-    return Probe(
-        model,
-        run_path,
-        every=every,
-        layers=layers,
-        attrs=attrs,
-        strict=strict,
-        flush_every=flush_every,
-        on_nonfinite=on_nonfinite,
-        distributed=distributed,
-        sharded_grads=sharded_grads,
-    )
+# ``probe(model, run_path, every=10, ...)`` makes a Probe: one name for the class and the call.
+probe = Probe
 
 
 def _model_hooks(p: Probe) -> tuple[Callable, Callable]:
-    """The model's pre/post forward hooks as plain functions: ``copy.deepcopy(model)`` shares
-    them instead of copying the probe, and they ignore calls on any module but the probed one."""
+    """The model's forward pre-hook (a forward ran) and post-hook, which eager PyTorch also calls
+    when the forward raised (``always_call``; then the output is None): part of that forward's
+    statistics were added, so the step is dropped. Plain functions, so that
+    ``copy.deepcopy(model)`` shares them instead of copying the probe; they ignore copies."""
 
     def before(module: nn.Module, args: tuple) -> None:
         if module is p.module:
-            p._before_forward(module, args)
+            p._forward_seen = True
 
     def after(module: nn.Module, args: tuple, output: Any) -> None:
-        if module is p.module:
-            p._after_forward(module, args, output)
+        if module is p.module and output is None and p.taps.recording_now():
+            p._forward_failed = True
 
     return before, after
-
-
-def _count_backward(counter: np.ndarray) -> Callable[[torch.Tensor], None]:
-    def hook(grad: torch.Tensor) -> None:
-        counter[0] += 1
-
-    return hook
 
 
 def _device_of(module: nn.Module) -> torch.device:

@@ -3,16 +3,20 @@
     .venv/bin/python scripts/make_sample_runs.py [--out sample_runs] [--jobs 2] [--only block-s1]
 
 Each run is trained by the project's training loop with the probe attached (recording every
-10 steps), then pruned (each layer, each sublayer and, for Block AttnRes, each block alone on
-32 held-out batches) and given its greedy pruning path. Per run this is the same as
+4 steps), then pruned on 32 held-out batches — each layer and (Block AttnRes) each block alone
+for every run, each sublayer alone for seed 0 of each kind, with every removal the kind has
+(mask and zero for AttnRes, zero for the baseline) — and given its greedy pruning path. Per run
+this is the same as
 
-    attnres-probe train --residual KIND --layers 16 --d-model 64 --n-heads 4 --n-blocks 8 \
-        --steps 1000 --batch-size 8 --seq-len 64 --lr 3e-3 --seed SEED --every 10 --out RUN
-    attnres-probe prune RUN --batches 32 [--granularity sublayer | block]
+    attnres-probe train --residual KIND --layers 32 --d-model 64 --n-heads 4 --n-blocks 8 \
+        --steps 1000 --batch-size 8 --seq-len 64 --lr 3e-3 --seed SEED --every 4 --out RUN
+    attnres-probe prune RUN --batches 32 --granularity G --removal R   # each G and R above
     python -c "from attnres_probe.tools.prune_path import prune_path; prune_path('RUN')"
 
-with one torch thread per run so ``--jobs`` runs share the cores evenly. Timings, the machine
-and every setting go to ``OUT/manifest.json``; ``OUT/README.md`` is written from it.
+with one torch thread per run so ``--jobs`` runs share the cores evenly. The checkpoints are
+then stored in bfloat16 (pruning has used the float32 weights) so the folder stays under
+30 MB. Timings, the machine and every setting go to ``OUT/manifest.json``; ``OUT/README.md``
+is written from it.
 """
 
 from __future__ import annotations
@@ -28,10 +32,16 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-MODEL = {"n_layers": 16, "d_model": 64, "n_heads": 4, "n_blocks": 8, "max_seq_len": 64}
-TRAIN = {"steps": 1000, "batch_size": 8, "seq_len": 64, "lr": 3e-3, "record_every": 10}
+MODEL = {"n_layers": 32, "d_model": 64, "n_heads": 4, "n_blocks": 8, "max_seq_len": 64}
+# Every 4 steps: 250 recorded steps fill one 256-step store chunk, which is written whole
+# however few steps it holds, so the finer record costs no disk.
+TRAIN = {"steps": 1000, "batch_size": 8, "seq_len": 64, "lr": 3e-3, "record_every": 4}
 PRUNE_BATCHES = 32
+SUBLAYER_SEEDS = (0,)  # seeds pruned sublayer by sublayer too
+CHECKPOINT_DTYPE = "bfloat16"
 RUNS = [("baseline", s) for s in (0, 1, 2)] + [("full", 0)] + [("block", s) for s in (0, 1, 2)]
+# Relative cost of one run (training and pruning), to start the longest first.
+COST = {"full": 3.0, "block": 2.0, "baseline": 1.0}
 
 
 @dataclass
@@ -41,6 +51,7 @@ class Made:
     seed: int
     train_s: float
     prune_s: float
+    pruned: list[str]
     held_out_loss: float
     prune_base_loss: float
     command: str
@@ -59,6 +70,34 @@ def cli_command(kind: str, seed: int, out: Path) -> str:
         f"--lr {t['lr']:g} --seed {seed} --every {t['record_every']} "
         f"--out {out / run_name(kind, seed)}"
     )
+
+
+def prune_plan(kind: str, seed: int) -> list[tuple[str, str]]:
+    """(granularity, removal) of every pruning measurement of a run, the default removal's
+    layer results last (the greedy path ranks by them)."""
+    from attnres_probe.analysis.pruning import REMOVALS, default_removal
+
+    granularities = ["layer"] + (["block"] if kind == "block" else [])
+    if seed in SUBLAYER_SEEDS:
+        granularities.append("sublayer")
+    removals = [r for r in REMOVALS if kind != "baseline" or r == "zero"]
+    plan = [(g, r) for g in granularities for r in removals]
+    first = ("layer", default_removal(kind))
+    return [p for p in plan if p != first] + [first]
+
+
+def store_checkpoint_as(run_dir: Path, dtype: str) -> None:
+    """Rewrite the run's checkpoint with its floating-point weights in ``dtype``."""
+    import torch
+
+    from attnres_probe.checkpoint import load_checkpoint, save_checkpoint
+
+    state, config = load_checkpoint(run_dir)
+    cast = {
+        k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v for k, v in state.items()
+    }
+    extra = {**config.get("extra", {}), "checkpoint_dtype": dtype}
+    save_checkpoint(run_dir, cast, config["model"], extra)
 
 
 def make_run(kind: str, seed: int, out: str, steps: int) -> Made:
@@ -80,17 +119,19 @@ def make_run(kind: str, seed: int, out: str, steps: int) -> Made:
     result = train(ModelConfig(residual=kind, **MODEL), TrainConfig(seed=seed, **TRAIN), run_dir)
     train_s = time.perf_counter() - start
     start = time.perf_counter()
-    granularities = ["sublayer", "block", "layer"] if kind == "block" else ["sublayer", "layer"]
-    for g in granularities:
-        last = prune_run(run_dir, g, batches=PRUNE_BATCHES)
+    plan = prune_plan(kind, seed)
+    for g, r in plan:
+        last = prune_run(run_dir, g, batches=PRUNE_BATCHES, removal=r)
     prune_path(run_dir)
     prune_s = time.perf_counter() - start
+    store_checkpoint_as(run_dir, CHECKPOINT_DTYPE)
     return Made(
         name=run_name(kind, seed),
         kind=kind,
         seed=seed,
         train_s=round(train_s, 1),
         prune_s=round(prune_s, 1),
+        pruned=[f"{g}/{r}" for g, r in plan],
         held_out_loss=round(result.held_out_loss, 4),
         prune_base_loss=round(float(last["prune_base_loss"]), 4),
         command=cli_command(kind, seed, Path(out)),
@@ -120,7 +161,7 @@ def machine() -> dict:
 def write_readme(out: Path, manifest: dict) -> None:
     rows = "\n".join(
         f"| `{r['name']}` | {r['kind']} | {r['seed']} | {r['train_s']:.0f} s | "
-        f"{r['prune_s']:.0f} s | {r['prune_base_loss']:.4f} |"
+        f"{r['prune_s']:.0f} s | {', '.join(r.get('pruned', []))} | {r['prune_base_loss']:.4f} |"
         for r in manifest["runs"]
     )
     commands = "\n".join(r["command"] for r in manifest["runs"])
@@ -140,7 +181,9 @@ All seven share one size and one training recipe; they differ in the residual ki
 corpus (the Python standard library's `.py` sources, read at run time), {t["steps"]} AdamW
 steps of {t["batch_size"]} × {t["seq_len"]} bytes, peak lr {t["lr"]:g} (warm-up, cosine decay),
 recorded every {t["record_every"]} steps. Each run directory holds the recording
-(`recording.zarr`), the final weights (`checkpoint.safetensors`, float32) and `config.json`.
+(`recording.zarr`), the final weights (`checkpoint.safetensors`, stored in
+{manifest.get("checkpoint_dtype", "float32")} after pruning, which used the float32 weights)
+and `config.json`.
 
 ## How they were made
 
@@ -152,22 +195,23 @@ Per run that is exactly:
 
 ```bash
 {commands}
-# then, for each RUN:
-attnres-probe prune RUN --batches {manifest["prune_batches"]} --granularity sublayer
-attnres-probe prune RUN --batches {manifest["prune_batches"]} --granularity block   # block runs
-attnres-probe prune RUN --batches {manifest["prune_batches"]} --granularity layer
+# then, for each RUN and each granularity/removal in its row of the table below:
+attnres-probe prune RUN --batches {manifest["prune_batches"]} --granularity G --removal R
 python -c "from attnres_probe.tools.prune_path import prune_path; prune_path('RUN')"
 ```
 
-Pruning zero-ablates each unit alone on {manifest["prune_batches"]} held-out batches (the same
-batches for every run); the greedy path removes the cheapest 1, 2, … layers together.
+Pruning removes each unit alone on {manifest["prune_batches"]} held-out batches (the same
+batches for every run): `mask` takes the removed source out of every later depth softmax
+(AttnRes), `zero` replaces its update by zeros (the baseline has only this). The greedy path
+removes the cheapest 1, 2, … layers together with the run's default removal. The held-out
+loss in the table is the intact model's on those {manifest["prune_batches"]} batches.
 
 Machine: {mach["cpu"]}, {mach["cores"]} cores, {mach["os"]}, Python {mach["python"]},
 torch {mach["torch"]}; {manifest["jobs"]} runs at a time, one torch thread each. Wall time for
 all runs: {manifest["wall_s"] / 60:.1f} min. Folder size: {size / 2**20:.1f} MiB.
 
-| run | kind | seed | training | pruning | held-out loss ({manifest["prune_batches"]} batches) |
-|---|---|---|---|---|---|
+| run | kind | seed | training | pruning | pruned (granularity/removal) | held-out loss |
+|---|---|---|---|---|---|---|
 {rows}
 
 Training is deterministic for a seed on a given machine; another CPU or thread count gives
@@ -194,6 +238,7 @@ def main() -> None:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     todo = [(k, s) for k, s in RUNS if not args.only or run_name(k, s) in args.only]
+    todo.sort(key=lambda run: -COST[run[0]])  # the longest first, so the jobs end together
     manifest_path = out / "manifest.json"
     old = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     made = {r["name"]: r for r in old.get("runs", [])}
@@ -216,6 +261,7 @@ def main() -> None:
         "model": MODEL,
         "train": TRAIN,
         "prune_batches": PRUNE_BATCHES,
+        "checkpoint_dtype": CHECKPOINT_DTYPE,
         "jobs": args.jobs,
         "wall_s": round(wall if not args.only else old.get("wall_s", wall), 1),
         "machine": machine(),

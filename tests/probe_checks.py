@@ -16,7 +16,16 @@ import xarray as xr
 from attnres_probe.models import ModelConfig, build_model
 from attnres_probe.store import RunStoreWarning, open_run
 
-VALUE_NAMES = ("hidden_rms", "update_rms", "grad_norm", "param_grad_norm", "cos_in_out", "loss")
+VALUE_NAMES = (
+    "hidden_rms",
+    "update_rms",
+    "grad_norm",
+    "param_grad_norm",
+    "cos_in_out",
+    "loss",
+    "layer_output_rms",
+    "layer_grad_norm",
+)
 
 
 def tiny_config(residual: str, n_layers: int = 3) -> ModelConfig:
@@ -111,14 +120,12 @@ def reference_native(model: torch.nn.Module, tokens: torch.Tensor) -> dict[str, 
             norm.register_forward_pre_hook(lambda m, a, i=index: norm_inputs.__setitem__(i, a[0]))
         )
     for index, point in enumerate(model.hook_stream):
-        handles.append(
-            point.register_forward_hook(lambda m, a, o, i=index: streams.__setitem__(i, o))
-        )
+        handles.append(point.register_forward_hook(keep_stream(streams, index)))
     loss = lm_loss(model, tokens)
     loss.backward()
     for h in handles:
         h.remove()
-    n_sub = cfg.n_sublayers
+    n_sub, n_layers = cfg.n_sublayers, cfg.n_layers
     if cfg.residual == "baseline":  # the stream entering sublayer l: emb + Σ_{i<l} f_i
         hidden, h = [], emb[0]
         for index in range(n_sub):
@@ -126,23 +133,48 @@ def reference_native(model: torch.nn.Module, tokens: torch.Tensor) -> dict[str, 
             h = h + outputs[index]
     else:  # AttnRes: the aggregated input each norm receives
         hidden = [norm_inputs[index] for index in range(n_sub)]
+    last = [2 * layer + 1 for layer in range(n_layers)]
+    if cfg.residual == "baseline":  # the stream after the layer, as the model's graph has it
+        layer_out = [streams[layer + 1] for layer in range(n_layers)]
+        layer_grad = [streams[layer + 1].grad for layer in range(n_layers)]
+    elif cfg.residual == "full":  # the source the layer adds last
+        layer_out = [outputs[i] for i in last]
+        layer_grad = [outputs[i].grad for i in last]
+    else:  # the block's partial sum after the layer: its updates since the block began
+        per_block = cfg.sublayers_per_block
+        layer_out = [
+            sum(outputs[i] for i in range(i_last - i_last % per_block, i_last + 1))
+            for i_last in last
+        ]
+        # f of the layer's last sublayer feeds nothing but that sum: the same gradient
+        layer_grad = [outputs[i].grad for i in last]
     queries = getattr(model, "depth_queries", None)
-    layer_params = []
-    for index, layer in enumerate(model.layers):
-        params = list(layer.parameters())
-        if queries is not None:
-            params += list(queries[2 * index].parameters()) + list(
-                queries[2 * index + 1].parameters()
-            )
-        layer_params.append(params)
-    return {
+    values = {
         "loss": np.array(loss.item()),
         "hidden_rms": np.array([_rms(h) for h in hidden]),
         "update_rms": np.array([_rms(outputs[i]) for i in range(n_sub)]),
         "grad_norm": np.array([outputs[i].grad.double().norm().item() for i in range(n_sub)]),
-        "param_grad_norm": np.array([_grad_norm(ps) for ps in layer_params]),
-        "cos_in_out": np.array([_cos(streams[i], streams[i + 1]) for i in range(cfg.n_layers)]),
+        "param_grad_norm": np.array([_grad_norm(layer.parameters()) for layer in model.layers]),
+        "cos_in_out": np.array([_cos(streams[i], streams[i + 1]) for i in range(n_layers)]),
+        "layer_output_rms": np.array([_rms(t) for t in layer_out]),
+        "layer_grad_norm": np.array([g.double().norm().item() for g in layer_grad]),
     }
+    if queries is not None:
+        norms = np.array([_grad_norm(q.parameters()) for q in queries])
+        values["query_grad_norm"] = norms[:-1]
+        values["query_grad_norm_out"] = norms[-1]
+    return values
+
+
+def keep_stream(streams: dict, index: int):
+    """A hook keeping the stream a hook point passes, with its gradient retained."""
+
+    def hook(module, args, out):
+        if out.requires_grad:
+            out.retain_grad()
+        streams[index] = out
+
+    return hook
 
 
 def reference_hf(model, layer_path: str, pair_names, tokens) -> dict[str, np.ndarray]:

@@ -30,7 +30,8 @@ def schema_dataset(cfg: ModelConfig, steps, variables: dict, name: str = "run") 
 
 def baseline_run(n_layers: int = 2, n_steps: int = 10, name: str = "base") -> xr.Dataset:
     """hidden_rms[i, l] = (i + 1)(l + 1), update_rms = 1, grad_norm = l + 1 (times i + 1),
-    cos_in_out[l] = 0.9 − 0.1 l, param_grad_norm = 1, loss = 5 − 0.1 i."""
+    cos_in_out[l] = 0.9 − 0.1 l, param_grad_norm = 1, loss = 5 − 0.1 i; per layer L:
+    layer_output_rms = (i + 1)(L + 1), layer_grad_norm = 1 / (L + 1)."""
     cfg = ModelConfig(residual="baseline", n_layers=n_layers, d_model=16, n_heads=2)
     steps = np.arange(n_steps) * 10
     i = np.arange(n_steps)[:, None] + 1.0
@@ -45,6 +46,11 @@ def baseline_run(n_layers: int = 2, n_steps: int = 10, name: str = "base") -> xr
             ("step", "layer"),
             np.broadcast_to(0.9 - 0.1 * np.arange(n_layers), (n_steps, n_layers)),
         ),
+        "layer_output_rms": (("step", "layer"), i * (np.arange(n_layers)[None, :] + 1.0)),
+        "layer_grad_norm": (
+            ("step", "layer"),
+            np.broadcast_to(1.0 / (np.arange(n_layers) + 1.0), (n_steps, n_layers)),
+        ),
         "nonfinite": (("step",), np.zeros(n_steps)),
     }
     return schema_dataset(cfg, steps, variables, name)
@@ -58,7 +64,8 @@ FULL_TOKEN_ENTROPY = np.array([0.0, 0.5])
 
 def full_run(n_steps: int = 4, name: str = "full") -> xr.Dataset:
     """Full AttnRes, 1 layer: constant depth weights FULL_WEIGHTS, token entropies
-    FULL_TOKEN_ENTROPY, flat hidden_rms = 1, grad_norm = [1, 2]."""
+    FULL_TOKEN_ENTROPY, flat hidden_rms = 1, grad_norm = [1, 2], layer_output_rms = 0.5,
+    layer_grad_norm = 1."""
     cfg = ModelConfig(residual="full", n_layers=1, d_model=16, n_heads=2)
     steps = np.arange(n_steps)
     variables = {
@@ -68,6 +75,8 @@ def full_run(n_steps: int = 4, name: str = "full") -> xr.Dataset:
         "grad_norm": (("step", "sublayer"), np.tile([1.0, 2.0], (n_steps, 1))),
         "param_grad_norm": (("step", "layer"), np.ones((n_steps, 1))),
         "cos_in_out": (("step", "layer"), np.full((n_steps, 1), 0.5)),
+        "layer_output_rms": (("step", "layer"), np.full((n_steps, 1), 0.5)),
+        "layer_grad_norm": (("step", "layer"), np.ones((n_steps, 1))),
         "depth_weights": (("step", "sublayer", "source"), np.tile(FULL_WEIGHTS, (n_steps, 1, 1))),
         "depth_entropy": (("step", "sublayer"), np.tile(FULL_TOKEN_ENTROPY, (n_steps, 1))),
         "depth_weights_out": (("step", "source"), np.tile(FULL_WEIGHTS_OUT, (n_steps, 1))),
@@ -75,6 +84,40 @@ def full_run(n_steps: int = 4, name: str = "full") -> xr.Dataset:
         "nonfinite": (("step",), np.zeros(n_steps)),
     }
     return schema_dataset(cfg, steps, variables, name)
+
+
+# Block AttnRes, 4 layers in 2 blocks of 2 layers: the output rises 1 -> 2 inside each block.
+BLOCK_OUTPUT = np.array([1.0, 2.0, 1.0, 2.0])
+
+
+def block_run(n_steps: int = 4, name: str = "block", seed: int | None = None) -> xr.Dataset:
+    """Block AttnRes, 4 layers, 2 blocks (sources emb, block1, block2, partial): every op
+    reads its available sources uniformly, grad_norm[s] = s + 1, layer_output_rms =
+    BLOCK_OUTPUT, layer_grad_norm = 1, hidden_rms = 1; ``train_config`` records ``seed``."""
+    cfg = ModelConfig(residual="block", n_layers=4, n_blocks=2, d_model=16, n_heads=2)
+    mask = cfg.source_mask()
+    uniform = np.where(mask, 1.0 / mask.sum(1, keepdims=True), np.nan)
+    n_sub = cfg.n_sublayers
+    variables = {
+        "loss": (("step",), np.linspace(5, 4, n_steps)),
+        "hidden_rms": (("step", "sublayer"), np.ones((n_steps, n_sub))),
+        "update_rms": (("step", "sublayer"), np.full((n_steps, n_sub), 0.5)),
+        "grad_norm": (("step", "sublayer"), np.tile(np.arange(1.0, n_sub + 1), (n_steps, 1))),
+        "param_grad_norm": (("step", "layer"), np.ones((n_steps, 4))),
+        "cos_in_out": (("step", "layer"), np.full((n_steps, 4), 0.5)),
+        "layer_output_rms": (("step", "layer"), np.tile(BLOCK_OUTPUT, (n_steps, 1))),
+        "layer_grad_norm": (("step", "layer"), np.ones((n_steps, 4))),
+        "depth_weights": (
+            ("step", "sublayer", "source"),
+            np.tile(uniform[:n_sub], (n_steps, 1, 1)),
+        ),
+        "depth_weights_out": (("step", "source"), np.tile(uniform[n_sub], (n_steps, 1))),
+        "nonfinite": (("step",), np.zeros(n_steps)),
+    }
+    ds = schema_dataset(cfg, np.arange(n_steps), variables, name)
+    if seed is not None:
+        ds.attrs["train_config"] = json.dumps({"steps": n_steps, "seed": seed})
+    return ds
 
 
 _TRAINED: dict[str, object] = {}

@@ -312,12 +312,12 @@ def test_every_page_opens_on_baseline_and_attnres_runs(dashboard, page, run):
     assert at.title[0].value.lower().replace(" ", "_") == page
     drawn = charts(at)
     expected = {
-        "dilution": 2,
-        "gradients": 1,
+        "dilution": 4,  # stream, relative update, output per layer, growth over training
+        "gradients": 4 if run == BASELINE else 5,  # AttnRes: mass received beside gradients
         "depth_attention": 0 if run == BASELINE else 2,
         "training": 3,
         "pruning": 0,
-        "compare": 6,
+        "compare": 8,
     }[page]
     assert len(drawn) == expected
 
@@ -438,6 +438,15 @@ def test_pruning_runs_with_progress_when_none_is_stored_then_shows_it(dashboard,
     assert not at.exception and not texts(at, "error"), texts(at, "error")
     (fig,) = charts(at)
     assert [str(u) for u in fig["data"][0]["x"]] == ["L0", "L1"]
+    assert "mask removal" in fig["layout"]["title"]["text"]  # the default for AttnRes
+    assert at.dataframe[0].value["removal"].tolist() == ["mask"]
+    at.segmented_control(key="removal").set_value("zero").run()
+    at.button(key="run_pruning").click().run(timeout=120)  # zero is measured beside mask
+    assert not at.exception and not texts(at, "error"), texts(at, "error")
+    table = at.dataframe[0].value
+    assert table["removal"].tolist() == ["mask", "zero"]
+    assert all(table["ρ 1 − cos_in_out"] != "")
+    assert "zero removal" in charts(at)[0]["layout"]["title"]["text"]
     at.segmented_control(key="granularity").set_value("sublayer").run()
     assert at.button(key="run_pruning")  # sublayer results are not stored yet
 
@@ -448,11 +457,22 @@ def test_pruning_without_a_checkpoint_explains_why_not(dashboard):
     assert any("no checkpoint" in t for t in texts(at, "info"))
 
 
+def test_a_baseline_is_offered_zero_removal_only(dashboard):
+    at = dashboard("pruning", run=BASELINE, removal="mask")
+    assert at.segmented_control(key="removal").options == ["zero"]
+    assert any("only zero" in c for c in texts(at, "caption"))
+
+
 def test_compare_takes_its_runs_from_the_query_string_on_shared_axes(dashboard):
     at = dashboard("compare", compare=[BASELINE, FULL])
     assert at.multiselect(key="compare").value == [BASELINE, FULL]
-    loss, dilution, relative, grad, entropy, heatmap = charts(at)
+    loss, output, layer_grad, dilution, relative, grad, entropy, heatmap = charts(at)
     assert loss["layout"]["showlegend"] and not dilution["layout"]["showlegend"]
+    assert {t["name"].split(" · ")[0] for t in output["data"]} == {
+        html.escape(BASELINE),
+        html.escape(FULL),
+    }
+    assert layer_grad["layout"]["yaxis"]["type"] == "log"
     names = {t["name"] for t in dilution["data"]}
     assert names == {html.escape(BASELINE), html.escape(FULL)}
     assert "no depth weights" in heatmap["layout"]["title"]["text"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from attnres_probe.app import server
 from attnres_probe.app.catalog import ROOT_ENV
 from attnres_probe.cli import app, cmd_dashboard
 
@@ -35,23 +36,18 @@ def fake_server(monkeypatch):
     return FakeServer.started
 
 
-def option(cmd: list[str], name: str) -> str:
-    return cmd[cmd.index(name) + 1]
-
-
 def test_dashboard_binds_localhost_headless_over_the_given_root(fake_server, tmp_path):
     result = runner.invoke(app, ["dashboard", str(tmp_path), "--port", "8765"])
     assert result.exit_code == 0, result.output
     ((cmd, env),) = fake_server
-    assert cmd[:4] == [sys.executable, "-m", "streamlit", "run"]
-    script = Path(cmd[4])
-    assert script.name == "dashboard.py" and script.is_file()
-    assert (script.parent / "views" / "runs.py").is_file()
-    assert option(cmd, "--server.address") == "127.0.0.1"
-    assert option(cmd, "--server.port") == "8765"
-    assert option(cmd, "--server.headless") == "true"
-    assert option(cmd, "--browser.gatherUsageStats") == "false"
-    assert option(cmd, "--client.toolbarMode") == "viewer"
+    assert cmd == [sys.executable, "-m", "attnres_probe.app.server", "127.0.0.1", "8765"]
+    assert server.DASHBOARD.name == "dashboard.py" and server.DASHBOARD.is_file()
+    assert (server.DASHBOARD.parent / "views" / "runs.py").is_file()
+    config = server.streamlit_config("127.0.0.1", 8765)
+    assert config["server.address"] == "127.0.0.1" and config["server.port"] == 8765
+    assert config["server.headless"] is True
+    assert config["browser.gatherUsageStats"] is False
+    assert config["client.toolbarMode"] == "viewer"
     assert env[ROOT_ENV] == str(tmp_path.resolve())
     assert "http://127.0.0.1:8765" in result.stderr
 
@@ -67,7 +63,7 @@ def test_without_root_the_environment_root_is_dropped_for_the_bundled_samples(fa
 def test_another_host_is_passed_through_with_a_warning(fake_server, tmp_path):
     result = runner.invoke(app, ["dashboard", str(tmp_path), "--host", "0.0.0.0", "--port", "8767"])
     ((cmd, _),) = fake_server
-    assert option(cmd, "--server.address") == "0.0.0.0"
+    assert cmd[-2:] == ["0.0.0.0", "8767"]
     assert "warning" in result.stderr and "127.0.0.1" in result.stderr
 
 

@@ -67,15 +67,17 @@ def test_two_phase_block_op_equals_attnres_over_blocks_and_partial():
     blocks = torch.randn(3, 2, 5, 19)
     partial = torch.randn(2, 5, 19)
     queries = torch.randn(4, 19)
-    phase1_out, phase1_lse = ops.block_attnres_phase1(blocks, queries)
+    phase1_out, phase1_lse, phase1_logits = ops.block_attnres_phase1(blocks, queries)
     for s in range(4):
         out, weights = ops.block_attnres_phase2(
-            blocks, phase1_out[s], phase1_lse[s], partial, queries[s]
+            phase1_out[s], phase1_lse[s], phase1_logits[s], partial, queries[s]
         )
         ref_out, ref_w = attnres_float64(torch.cat([blocks, partial[None]]), queries[s])
         assert _rel(out, ref_out) < 1e-5
         assert _rel(weights, ref_w) < 1e-5
-    out, weights = ops.block_attnres_phase2(blocks, phase1_out[0], phase1_lse[0], None, queries[0])
+    out, weights = ops.block_attnres_phase2(
+        phase1_out[0], phase1_lse[0], phase1_logits[0], None, queries[0]
+    )
     ref_out, ref_w = attnres_float64(blocks, queries[0])
     assert _rel(out, ref_out) < 1e-5
     assert _rel(weights[:3], ref_w) < 1e-5 and (weights[3] == 0).all()

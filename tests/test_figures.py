@@ -89,16 +89,20 @@ def test_runs_that_differ_only_in_seed_are_drawn_as_mean_and_band_or_each_on_req
     other = seeded(full_run(), 0, "full-s0")
     fig = figures.grad_depth([*seeds, other], step=90)
     mean, full = lines(fig)
-    assert mean["name"] == "base (3 seeds)" and full["name"] == "full-s0"
+    assert mean["name"] == "baseline · 2 layers (3 seeds)" and full["name"] == "full-s0"
     profile = 10 * np.arange(1, 5)[None, :] * np.array([1.0, 2.0, 4.0])[:, None]
     np.testing.assert_allclose(decode(mean["y"]), profile.mean(0), rtol=1e-6)
-    sd = np.array([c[1] for c in mean["customdata"]], dtype=float)
-    np.testing.assert_allclose(sd, profile.std(0, ddof=1), rtol=1e-6)
-    upper, lower = [t for t in traces(fig) if t.get("fill") is not None or t["line"]["width"] == 0]
-    np.testing.assert_allclose(decode(upper["y"]), profile.mean(0) + profile.std(0, ddof=1))
-    assert lower["fill"] == "tonexty" and upper["hoverinfo"] == "skip"
+    lo = np.array([c[1] for c in mean["customdata"]], dtype=float)
+    hi = np.array([c[2] for c in mean["customdata"]], dtype=float)
+    np.testing.assert_allclose(lo, profile.min(0), rtol=1e-6)
+    np.testing.assert_allclose(hi, profile.max(0), rtol=1e-6)
+    upper, lower = [t for t in traces(fig) if t.get("hoverinfo") == "skip"]
+    np.testing.assert_allclose(decode(upper["y"]), profile.max(0), rtol=1e-6)
+    np.testing.assert_allclose(decode(lower["y"]), profile.min(0), rtol=1e-6)
+    assert lower["fill"] == "tonexty"
     table = figures.figure_table(fig)
-    assert list(table.columns) == ["base (3 seeds)", "base (3 seeds) ± sd", "full-s0"]
+    group = "baseline · 2 layers (3 seeds)"
+    assert list(table.columns) == [group, f"{group} min", f"{group} max", "full-s0"]
     assert list(table.index) == ["L0.attn", "L0.mlp", "L1.attn", "L1.mlp"]
     each = lines(figures.grad_depth([*seeds, other], step=90, seeds="each"))
     assert [t["name"] for t in each] == ["base-s0", "base-s1", "base-s2", "full-s0"]
@@ -200,7 +204,7 @@ def test_seed_groups_share_one_heatmap_of_their_mean_weights():
     (heat,) = traces(figures.depth_heatmap([a, b], include_output=False))
     expected = (FULL_WEIGHTS + np.where(np.isnan(FULL_WEIGHTS), np.nan, 0.5)) / 2
     np.testing.assert_allclose(decode(heat["z"]).astype(float), expected)
-    assert heat["name"] == "f (2 seeds): mean"
+    assert heat["name"] == "full · 1 layers (2 seeds): mean"
 
 
 def test_depth_entropy_plots_normalised_entropy_with_effective_sources_on_hover():
@@ -209,8 +213,8 @@ def test_depth_entropy_plots_normalised_entropy_with_effective_sources_on_hover(
     assert np.isnan(y[0])
     assert y[1] == pytest.approx(0.5 / np.log(2), rel=1e-6)
     assert y[2] == pytest.approx(1.0 / np.log(3), rel=1e-6)
-    assert "%{customdata[3]}" in line["hovertemplate"]
-    assert line["customdata"][1][3] == f"effective sources {np.exp(0.5):.2f} of 2"
+    assert "%{customdata[4]}" in line["hovertemplate"]
+    assert line["customdata"][1][4] == f"effective sources {np.exp(0.5):.2f} of 2"
 
 
 def test_grad_depth_draws_the_gradient_profile_on_a_log_axis():
@@ -354,3 +358,106 @@ def test_run_and_source_names_are_shown_literally(form):
         text = json.dumps(json.loads(fig.to_json()))
         assert "<b>x</b>" not in text and "%{y} &amp;" not in text, name
         assert "&lt;b&gt;x&lt;/b&gt; &#37;{y} &amp;amp;" in text, name
+
+
+# ----------------------------------------------------------------------------- per-layer figures
+
+
+def test_layer_output_draws_seeds_as_their_mean_with_a_band_over_them():
+    from synthetic_runs import block_run
+
+    runs = {f"blk{s}": block_run(seed=s, name=f"blk{s}") for s in (0, 1)}
+    runs["blk1"]["layer_output_rms"] = runs["blk1"]["layer_output_rms"] * 3.0
+    upper, lower, mean = traces(figures.layer_output(runs))
+    np.testing.assert_allclose(decode(mean["y"]), [2.0, 4.0, 2.0, 4.0])  # mean of ×1 and ×3
+    np.testing.assert_allclose(decode(upper["y"]), [3, 6, 3, 6])  # the seeds' max …
+    np.testing.assert_allclose(decode(lower["y"]), [1, 2, 1, 2])  # … and min
+    assert lower["fill"] == "tonexty" and "(2 seeds)" in mean["name"]
+    assert mean["name"].startswith("block · 4 layers")
+    each = traces(figures.layer_output(runs, seeds="each"))
+    assert [t["name"].split(" · ")[0] for t in each] == ["blk0", "blk1"]
+
+
+def test_layer_output_and_gradient_share_axes_and_give_exponent_and_excess():
+    runs = {"base": baseline_run(n_layers=4), "full": full_run()}
+    out = traces(figures.layer_output(runs))
+    np.testing.assert_allclose(decode(out[0]["y"]), 10 * np.arange(1, 5), rtol=1e-6)  # last step
+    np.testing.assert_allclose(decode(out[1]["y"]), [0.5])  # full_run on the same axes
+    assert "exponent 1.00" in out[0]["name"]
+    fig = figures.layer_grad(runs)
+    grad = traces(fig)
+    np.testing.assert_allclose(decode(grad[0]["y"]), 1 / np.arange(1, 5), rtol=1e-6)
+    assert f"early excess {1 / np.median(1 / np.arange(1, 5)):.2f}" in grad[0]["name"]
+    assert fig.layout.yaxis.type == "log"
+    param = traces(figures.make_figure("layer-param-grad", runs))
+    np.testing.assert_allclose(decode(param[0]["y"]), [1, 1, 1, 1])
+    with pytest.raises(AnalysisError, match="not a per-layer gradient"):
+        figures.layer_grad(runs, variable="grad_norm")
+
+
+def test_a_per_layer_figure_of_runs_that_did_not_record_it_says_so():
+    old = baseline_run().drop_vars("layer_output_rms")
+    with pytest.raises(AnalysisError, match="'layer_output_rms'"):
+        figures.layer_output(old)
+
+
+def test_mass_received_figure_plots_mass_by_source_depth_and_gradient_against_it():
+    from synthetic_runs import block_run
+
+    line, scatter = traces(figures.mass_received(block_run()))
+    # sources emb (depth 0), block1 (ends after sublayer 3: depth 4), block2 (depth 8)
+    np.testing.assert_allclose(decode(line["x"]), [0, 4, 8])
+    np.testing.assert_allclose(decode(line["y"]), [13 / 3, 11 / 6, 1 / 3], rtol=1e-6)
+    np.testing.assert_allclose(decode(scatter["y"])[1:], [4.0, 8.0])
+    assert [c[0] for c in line["customdata"]] == [
+        "emb (depth 0)",
+        "block1 (depth 4)",
+        "block2 (depth 8)",
+    ]
+
+
+def test_depth_heatmap_by_kind_has_a_pre_attn_and_a_pre_mlp_panel_per_run():
+    fig = figures.depth_heatmap({"f": full_run()}, layout="by-kind")
+    attn, mlp = traces(fig)
+    np.testing.assert_allclose(decode(attn["z"]).astype(float), FULL_WEIGHTS[:1])
+    np.testing.assert_allclose(decode(mlp["z"]).astype(float), FULL_WEIGHTS[1:])
+    assert list(attn["y"]) == ["L0"]
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles[0].startswith("f · Pre-Attn") and titles[1].startswith("f · Pre-MLP")
+    with pytest.raises(AnalysisError, match="layout='rows'"):
+        figures.depth_heatmap(full_run(), layout="rows")
+
+
+def test_measures_over_training_are_drawn_per_step_or_per_window():
+    ds = baseline_run(n_layers=4)
+    output, stream = traces(figures.growth_over_training(ds))
+    np.testing.assert_allclose(decode(output["x"]), np.arange(10) * 10)
+    np.testing.assert_allclose(decode(output["y"]), 1.0, rtol=1e-6)
+    assert output["line"]["dash"] != stream["line"]["dash"]
+    layer, param = traces(figures.excess_over_training(ds, window=5))
+    np.testing.assert_allclose(decode(layer["x"]), [40, 90])
+    np.testing.assert_allclose(decode(layer["y"]), 1 / np.median(1 / np.arange(1, 5)), rtol=1e-6)
+    np.testing.assert_allclose(decode(param["y"]), 1.0)
+
+
+def test_pruning_figure_draws_the_removal_asked_for():
+    rows = pruning.units("full", 1, 4, "layer")
+    both = pruning.merge_results(
+        pruning.merge_results(None, pruning.results_dataset(rows, "layer", [2.2], 2.0, {})),
+        pruning.results_dataset(rows, "layer", [2.5], 2.0, {}, "mask"),
+    )
+    ds = full_run().copy()
+    for name, (dims, arr) in pruning.stored_arrays(both).items():
+        ds[name] = (dims, arr)
+    default = figures.pruning(ds)
+    np.testing.assert_allclose(decode(traces(default)[0]["y"]), [0.5], rtol=1e-6)
+    assert "mask removal" in default.layout.title.text
+    zero = figures.pruning(ds, removal="zero")
+    np.testing.assert_allclose(decode(traces(zero)[0]["y"]), [0.2], rtol=1e-5)
+    assert "zero removal" in zero.layout.title.text
+
+
+def test_export_offers_every_registered_figure():
+    from attnres_probe.cli.cmd_export import FIGURE_NAMES
+
+    assert FIGURE_NAMES == tuple(figures.FIGURES)

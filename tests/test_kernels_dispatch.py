@@ -21,7 +21,7 @@ def _calls(blocks, queries, partial, stream, update, weight):
         "attnres": lambda m: m.attnres(torch.cat([blocks, partial[None]]), queries[0]),
         "block_attnres": lambda m: (
             *(p1 := m.block_attnres_phase1(blocks, queries)),
-            *m.block_attnres_phase2(blocks, p1[0][1], p1[1][1], partial, queries[1]),
+            *m.block_attnres_phase2(p1[0][1], p1[1][1], p1[2][1], partial, queries[1]),
         ),
     }
 
@@ -66,58 +66,77 @@ def test_forcing_triton_sends_cpu_tensors_through_the_interpreted_kernels(monkey
     assert len(calls) == 1
 
 
+def _recording(n_sources: int, grads: bool = False) -> ops.Recording:
+    """A two-site recording: site 1's depth op reads ``n_sources`` sources."""
+    sums = {"norm_sq": (2,), "depth_weight_sum": (2, 6), "depth_entropy_sum": (2,)}
+    if grads:
+        sums["norm_grad_sq"] = (2,)
+    return ops.Recording(
+        sums,
+        {"depth_tokens": 2},
+        ["norm_grad_sq"] if grads else [],
+        sources_at=lambda site: tuple(range(n_sources if site == 1 else 1)),
+        n_sites=2,
+        norm_grads=grads,
+    )
+
+
 def test_ops_statistics_on_triton_equal_the_reference_backend(monkeypatch):
     sources, query = torch.randn(5, 3, 7, 33), torch.randn(33)
-    sums = {}
+    recs = {}
     for backend in ("triton", "reference"):
         monkeypatch.setenv("ATTNRES_PROBE_KERNELS", backend)
-        slots = ops.StatsSlots(n_sites=2, n_sources=6)
-        with ops.recording(slots):
-            ops.attnres(sources, query, site=1)
-        sums[backend] = slots
-    for name in ("depth_weight_sum", "source_rms_sum", "depth_entropy_sum"):
-        tri, ref = getattr(sums["triton"], name), getattr(sums["reference"], name)
+        recs[backend] = rec = _recording(5)
+        ops.attnres(sources, query, rec=rec, site=1)
+    for name in ("depth_weight_sum", "depth_entropy_sum"):
+        tri, ref = recs["triton"].views[name], recs["reference"].views[name]
         torch.testing.assert_close(tri, ref, rtol=1e-5, atol=1e-5)
-    assert sums["triton"].depth_tokens == [0, 21]
+    assert recs["triton"].views["depth_weight_sum"][1].sum().item() == pytest.approx(21, 1e-5)
 
 
-def _norm_input_grads(x: torch.Tensor, weight: torch.Tensor, upstream) -> tuple[float, float]:
-    """Σ(∂L/∂h)² and Σ(∂L/∂x)² for the graph of the test below, in plain float64 torch."""
-    x = x.detach().double().requires_grad_()
-    h = x * 2
-    loss = sum(
-        (torch.nn.functional.rms_norm(t, (t.shape[-1],), weight.double(), 1e-6) * u).sum()
-        for t, u in ((h, upstream[0]), (x, upstream[1]))
-    )
-    loss = loss + (h * upstream[2]).sum()  # h has a second consumer: its gradient is the total
-    gh, gx = torch.autograd.grad(loss, [h, x])
-    return gh.pow(2).sum().item(), gx.pow(2).sum().item()
+def _stream_grad_sq(x, update, weight, upstream) -> float:
+    """Σ(∂L/∂h)² for h = x + update with two consumers (its norm and the caller), in plain
+    float64 torch."""
+    x, update = x.detach().double(), update.detach().double()
+    h = (x + update).requires_grad_()
+    y = torch.nn.functional.rms_norm(h, (h.shape[-1],), weight.double(), 1e-6)
+    loss = (y * upstream[0]).sum() + (h * upstream[1]).sum()
+    (gh,) = torch.autograd.grad(loss, [h])
+    return gh.pow(2).sum().item()
 
 
-@pytest.mark.parametrize("norm_grads", [True, False])
-def test_norm_gradient_statistic_is_settled_for_streams_and_hooked_for_leaves(
-    monkeypatch, norm_grads
-):
-    monkeypatch.setenv("ATTNRES_PROBE_KERNELS", "reference")
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_the_stream_gradient_of_a_fused_add_norm_counts_every_consumer(monkeypatch, backend):
+    monkeypatch.setenv("ATTNRES_PROBE_KERNELS", backend)
     x = torch.randn(3, 5, 16, requires_grad=True)
+    update = torch.randn(3, 5, 16, requires_grad=True)
     weight = torch.randn(16)
-    upstream = [torch.randn(3, 5, 16) for _ in range(3)]
-    slots = ops.StatsSlots(n_sites=2, n_sources=1, norm_grads=norm_grads)
-    with ops.recording(slots):
-        h = x * 2  # a stream (non-leaf): its gradient is retained and reduced at settle()
-        y_h = ops.rms_norm(h, weight, site=0)
-        y_x = ops.rms_norm(x, weight, site=1)  # a leaf: a tensor hook adds it as it comes
-    ((y_h * upstream[0]).sum() + (y_x * upstream[1]).sum() + (h * upstream[2]).sum()).backward()
-    expected_h, expected_x = _norm_input_grads(x, weight, upstream)
-    if not norm_grads:
-        assert not h.retains_grad
-        slots.settle()
-        assert slots.norm_grad_sq.tolist() == [0.0, 0.0]
-        return
-    assert h.retains_grad and slots.norm_grad_sq[0].item() == 0.0  # pending until settle()
-    torch.testing.assert_close(slots.norm_grad_sq[1].item(), expected_x, rtol=1e-5, atol=0)
-    slots.settle()
-    torch.testing.assert_close(slots.norm_grad_sq[0].item(), expected_h, rtol=1e-5, atol=0)
-    assert h.grad is None  # the retained gradient is released once reduced
-    slots.settle()  # nothing left: settling again adds nothing
-    torch.testing.assert_close(slots.norm_grad_sq[0].item(), expected_h, rtol=1e-5, atol=0)
+    upstream = [torch.randn(3, 5, 16) for _ in range(2)]
+    rec = _recording(1, grads=True)
+    y, h = ops.add_rms_norm(x, update, weight, rec=rec, site=1)
+    ((y * upstream[0]).sum() + (h * upstream[1]).sum()).backward()
+    rec.settle()
+    expected = _stream_grad_sq(x, update, weight, upstream)
+    torch.testing.assert_close(rec.views["norm_grad_sq"][1].item(), expected, rtol=1e-5, atol=0)
+    assert rec.views["norm_grad_sq"][0].item() == 0.0
+    assert rec.count_views["norm_grad_sq_hits"].tolist() == [0, 1]
+
+
+def test_no_gradient_statistic_without_a_backward_or_when_not_asked(monkeypatch):
+    monkeypatch.setenv("ATTNRES_PROBE_KERNELS", "reference")
+    x, update, weight = (
+        torch.randn(2, 3, 8, requires_grad=True),
+        torch.randn(2, 3, 8),
+        torch.ones(8),
+    )
+    rec = _recording(1, grads=True)
+    with torch.no_grad():
+        ops.add_rms_norm(x, update, weight, rec=rec, site=1)
+    ops.add_rms_norm(x, update, weight, rec=rec, site=1)  # a forward without backward
+    rec.settle()
+    assert not rec.backward_seen and rec.count_views["norm_grad_sq_hits"].tolist() == [0, 0]
+    plain = _recording(1)
+    y, _ = ops.add_rms_norm(x, update, weight, rec=plain, site=1)
+    y.sum().backward()
+    plain.settle()
+    assert "norm_grad_sq" not in plain.views and not plain.backward_seen

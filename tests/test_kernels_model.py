@@ -8,6 +8,8 @@ from kernel_checks import fresh_seed, rel_err
 from torch.utils.checkpoint import checkpoint
 
 from attnres_probe import ops
+from attnres_probe.hooks.layout import RowLayout
+from attnres_probe.hooks.taps import NativeTaps
 from attnres_probe.models.config import ModelConfig
 from attnres_probe.models.model import build_model
 
@@ -29,20 +31,28 @@ def _model(kind: str) -> torch.nn.Module:
     return model
 
 
+def _recording(model) -> ops.Recording:
+    """The Recording the probe gives ``model`` (its own layout)."""
+    taps = NativeTaps(model)
+    return RowLayout(taps.shape).recording("cpu", taps.sources_at)
+
+
 def _run(model, idx, backend, monkeypatch, *, use_checkpoint=False, autocast=False):
-    """(logits, {parameter: grad}, StatsSlots) of one recorded forward + backward."""
+    """(logits, {parameter: grad}, Recording) of one recorded forward + backward."""
     monkeypatch.setenv("ATTNRES_PROBE_KERNELS", backend)
-    cfg = model.cfg
-    slots = ops.StatsSlots(cfg.n_sublayers + 1, max(1, len(cfg.source_names)))
+    rec = model.recording = _recording(model)
     model.zero_grad(set_to_none=True)
     amp = torch.autocast("cpu", torch.bfloat16) if autocast else contextlib.nullcontext()
-    with ops.recording(slots), amp:
-        logits = checkpoint(model, idx, use_reentrant=False) if use_checkpoint else model(idx)
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), idx.flatten())
-    loss.backward()
-    slots.settle()
+    try:
+        with amp:
+            logits = checkpoint(model, idx, use_reentrant=False) if use_checkpoint else model(idx)
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), idx.flatten())
+        loss.backward()
+    finally:
+        model.recording = None
+    rec.settle()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
-    return logits.detach(), grads, slots
+    return logits.detach(), grads, rec
 
 
 def _assert_same(run, run_ref, tol, tol_each_grad):
@@ -59,18 +69,17 @@ def _assert_same(run, run_ref, tol, tol_each_grad):
         assert err < tol_each_grad, f"grad of {name}: relative error {err:.3g}"
 
 
-def _assert_same_stats(slots, slots_ref):
-    for name in ("norm_sq", "depth_weight_sum", "source_rms_sum"):
-        torch.testing.assert_close(
-            getattr(slots, name), getattr(slots_ref, name), rtol=1e-4, atol=0
-        )
-    # Stream gradients carry the same cancellations as the parameter gradients (see below).
-    torch.testing.assert_close(slots.norm_grad_sq, slots_ref.norm_grad_sq, rtol=1e-3, atol=0)
-    tokens = max(slots_ref.depth_tokens)
-    torch.testing.assert_close(
-        slots.depth_entropy_sum, slots_ref.depth_entropy_sum, rtol=1e-4, atol=1e-5 * tokens
-    )
-    assert (slots.norm_numel, slots.depth_tokens) == (slots_ref.norm_numel, slots_ref.depth_tokens)
+def _assert_same_stats(rec, rec_ref):
+    for name, value in rec_ref.views.items():
+        if name in ("norm_grad_sq", "grad_sq"):
+            # Stream gradients carry the same cancellations as the parameter gradients.
+            rtol, atol = 1e-3, 0.0
+        elif name == "depth_entropy_sum":
+            rtol, atol = 1e-4, 1e-5 * int(rec_ref.count_views["depth_tokens"].max())
+        else:
+            rtol, atol = 1e-4, 1e-6
+        torch.testing.assert_close(rec.views[name], value, rtol=rtol, atol=atol, msg=name)
+    assert torch.equal(rec.counts, rec_ref.counts)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -92,7 +101,6 @@ def test_checkpointed_model_on_triton_kernels_matches_the_plain_reference(kind, 
     idx = torch.randint(0, 256, (2, 7))
     run = _run(model, idx, "triton", monkeypatch, use_checkpoint=True)
     _assert_same(run, _run(model, idx, "reference", monkeypatch), 1e-5, 1e-3)
-    # Recomputation re-runs the forward ops, so both backends count them twice, alike.
     _assert_same_stats(run[2], _run(model, idx, "reference", monkeypatch, use_checkpoint=True)[2])
 
 
@@ -109,29 +117,14 @@ def test_model_under_bf16_autocast_on_triton_kernels_matches_the_reference_backe
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_recording_open_through_a_checkpointed_backward_gives_the_plain_means(kind):
-    """The probe keeps its recording open across backward, where checkpointing re-runs the
-    forward ops: sums and their counts both grow, so every mean stays the plain run's, and the
-    stream gradients are still taken once."""
+def test_a_checkpointed_backward_adds_each_statistic_once_like_the_plain_run(kind, monkeypatch):
+    """Checkpointing re-runs the forward inside the backward pass; the recomputation adds no
+    forward statistic a second time, and every gradient statistic is taken once."""
     model = _model(kind)
     idx = torch.randint(0, 256, (2, 13))
-    cfg = model.cfg
-
-    def recorded(use_checkpoint):
-        slots = ops.StatsSlots(cfg.n_sublayers + 1, max(1, len(cfg.source_names)))
-        model.zero_grad(set_to_none=True)
-        with ops.recording(slots):
-            logits = checkpoint(model, idx, use_reentrant=False) if use_checkpoint else model(idx)
-            torch.nn.functional.cross_entropy(logits.flatten(0, 1), idx.flatten()).backward()
-        slots.settle()
-        tokens = torch.tensor(slots.depth_tokens).clamp(min=1)
-        return {
-            "hidden mean square": slots.norm_sq / torch.tensor(slots.norm_numel),
-            "stream gradient": slots.norm_grad_sq,
-            "depth weights": slots.depth_weight_sum / tokens[:, None],
-            "depth entropy": slots.depth_entropy_sum / tokens,
-        }
-
-    plain, checkpointed = recorded(False), recorded(True)
-    for name, value in plain.items():
-        torch.testing.assert_close(checkpointed[name], value, rtol=1e-5, atol=1e-7, msg=name)
+    plain = _run(model, idx, "reference", monkeypatch)[2]
+    checkpointed = _run(model, idx, "reference", monkeypatch, use_checkpoint=True)[2]
+    for name, value in plain.views.items():
+        torch.testing.assert_close(checkpointed.views[name], value, rtol=1e-5, atol=1e-7, msg=name)
+    assert torch.equal(checkpointed.counts, plain.counts)
+    assert plain.count_views["backward_passes"].item() == 1

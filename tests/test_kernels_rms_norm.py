@@ -28,13 +28,18 @@ def _stats() -> NormStats:
     return NormStats(sq=torch.zeros(1), grad_sq=torch.zeros(1))
 
 
+def _plain_stats() -> NormStats:
+    """The plain norm takes no gradient statistic (see ``kernels.rms_norm``)."""
+    return NormStats(sq=torch.zeros(1))
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_rms_norm_matches_reference_forward_and_gradients(shape, dtype):
     tol = TOLERANCE[dtype]
     x = (torch.randn(shape) * 3).to(dtype)
     weight = torch.randn(shape[-1])
-    stats = _stats()
+    stats = _plain_stats()
     with launch.poisoned_outputs():
         (y,), (dx, dw), upstream = outputs_and_grads(
             lambda x, w: (dispatch_triton.rms_norm(x, w, 1e-6, stats),), (x, weight)
@@ -47,7 +52,6 @@ def test_rms_norm_matches_reference_forward_and_gradients(shape, dtype):
     assert_close(dw, dw_ref, tol, "dweight")
     # Statistics against torch, computed apart from either implementation.
     assert_close(stats.sq, x.double().pow(2).sum().float().reshape(1), 1e-5, "Σx²")
-    assert_close(stats.grad_sq, dx_ref.double().pow(2).sum().float().reshape(1), tol, "Σdx²")
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -98,21 +102,13 @@ def test_add_rms_norm_keeps_the_promoted_stream_dtype_and_each_input_its_own_gra
     assert_close(dw, dw_ref, 1e-5, "dweight")
 
 
-def test_plain_norm_gradient_statistic_counts_every_consumer_of_x():
-    x = torch.randn(3, 10, 24, requires_grad=True)
-    stats = _stats()
-    y = dispatch_triton.rms_norm(x, torch.randn(24), 1e-6, stats)
-    # x also feeds something besides the norm (as the embedding feeds the residual stream).
-    (y.square().sum() + (x * torch.randn(3, 10, 24)).sum()).backward()
-    torch.testing.assert_close(stats.grad_sq, x.grad.pow(2).sum().reshape(1))
-
-
 def test_statistics_add_to_what_the_slots_already_hold():
-    x = torch.randn(5, 40)
+    x, update = torch.randn(5, 40), torch.randn(5, 40)
     stats = NormStats(sq=torch.full((1,), 7.0), grad_sq=torch.full((1,), 3.0))
     xs = x.clone().requires_grad_()
-    dispatch_triton.rms_norm(xs, torch.ones(40), 1e-6, stats).sum().backward()
-    torch.testing.assert_close(stats.sq, 7.0 + x.pow(2).sum().reshape(1))
+    y, h = dispatch_triton.add_rms_norm(xs, update, torch.ones(40), 1e-6, stats)
+    y.sum().backward()
+    torch.testing.assert_close(stats.sq, 7.0 + (x + update).pow(2).sum().reshape(1))
     torch.testing.assert_close(stats.grad_sq, 3.0 + xs.grad.pow(2).sum().reshape(1))
 
 
@@ -123,7 +119,7 @@ def test_nan_and_inf_rows_come_out_nan_where_the_reference_has_nan_and_nothing_c
     x[4, 0] = float("inf")
     weight = torch.randn(33)
     xs = x.clone().requires_grad_()
-    y = dispatch_triton.rms_norm(xs, weight, 1e-6, _stats())
+    y = dispatch_triton.rms_norm(xs, weight, 1e-6, _plain_stats())
     y.sum().backward()
     y_ref = reference.rms_norm(x, weight)
     assert torch.equal(torch.isnan(y), torch.isnan(y_ref))

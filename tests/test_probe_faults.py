@@ -22,12 +22,12 @@ from probe_checks import (
     hook_count,
     lm_loss,
     read_run,
+    reference_native,
     tiny_model,
     train_steps,
 )
 from torch import nn
 
-from attnres_probe import ops
 from attnres_probe.hooks import (
     LayerDiscoveryError,
     ProbeError,
@@ -46,16 +46,15 @@ def test_every_hook_is_removed_on_exit_and_the_model_computes_as_before(residual
         before = model(tokens[:, :-1])
     assert hook_count(model) == 0
     with probe(model, tmp_path / "run", every=2) as p:
-        # Only the probe's pre/post hooks on the model, recorded step or not: the model hands
-        # its updates and streams to ops.observe_*, which reach the probe only while a
-        # recorded forward runs.
+        # Only the probe's pre/post hooks on the model, recorded step or not: the model takes
+        # the probe's recording for recorded steps and adds into it itself.
+        assert model.recording is p.rec  # step 0 is recorded
         train_steps(model, p, [tokens])
-        assert hook_count(model) == 2  # after a recorded forward
-        assert ops.current_recording() is None
+        assert hook_count(model) == 2 and model.recording is None  # step 1 is not
         train_steps(model, p, [tokens])
-        assert hook_count(model) == 2  # after an unrecorded one
+        assert hook_count(model) == 2 and model.recording is p.rec
     assert hook_count(model) == 0
-    assert ops.current_recording() is None
+    assert model.recording is None
     with torch.no_grad():  # SGD moved the weights: compare against a fresh copy instead
         fresh = tiny_model(residual)
         fresh.load_state_dict(model.state_dict())
@@ -71,20 +70,27 @@ def test_hooks_are_removed_when_training_raises_and_the_run_says_interrupted(tmp
             model(batch(2)[:, :-1])  # a recorded forward, then the loop dies
             raise RuntimeError("boom")
     assert hook_count(model) == 0
-    assert ops.current_recording() is None
+    assert model.recording is None
     ds = read_run(tmp_path / "run")
     assert ds["step"].values.tolist() == [0, 1]  # closed steps were flushed on the way out
     assert ds.attrs["status"] == "interrupted"
 
 
-def test_an_error_inside_the_forward_leaves_no_recording_active(tmp_path):
+def test_a_forward_that_raises_midway_drops_its_step_and_the_probe_keeps_working(tmp_path):
     model = tiny_model("baseline")
+    mlp = model.layers[1].mlp
+    broken = mlp.register_forward_hook(lambda m, a, o: 1 / 0)  # after half the sublayers ran
     with probe(model, tmp_path / "run") as p:
-        with pytest.raises(ValueError, match="max_seq_len"):
-            model(torch.zeros(1, 64, dtype=torch.long))  # longer than max_seq_len
-        assert ops.current_recording() is None
-        train_steps(model, p, [batch(0)])  # the probe keeps working
-    assert read_run(tmp_path / "run")["step"].values.tolist() == [0]
+        with pytest.raises(ZeroDivisionError):
+            model(batch(0)[:, :-1])
+        broken.remove()
+        with pytest.warns(ProbeWarning, match="step 0 raised midway"):
+            train_steps(model, p, [batch(0)])  # the same step goes on, then closes
+        train_steps(model, p, [batch(1)])
+    expected = reference_native(model, batch(2))  # (a step of the healthy model, for shapes)
+    ds = read_run(tmp_path / "run")
+    assert ds["step"].values.tolist() == [1]  # step 0 had partial statistics: not recorded
+    assert ds["hidden_rms"].shape[1] == expected["hidden_rms"].shape[0]
 
 
 def test_nan_loss_and_inf_activations_are_recorded_counted_and_training_goes_on(tmp_path):
@@ -214,9 +220,7 @@ def test_a_store_that_cannot_be_created_leaves_training_unrecorded(tmp_path):
     with pytest.warns(ProbeWarning, match="training goes on"):
         with probe(model, blocker / "run") as p:
             seen = []
-            handle = model.register_forward_hook(
-                lambda m, a, o: seen.append(ops.current_recording())
-            )
+            handle = model.register_forward_hook(lambda m, a, o: seen.append(model.recording))
             assert len(train_steps(model, p, [batch(0), batch(1)])) == 2
             handle.remove()
     assert seen == [None, None]  # nothing is computed for a run that cannot be written

@@ -88,11 +88,14 @@ def test_layers_can_be_named_by_path_by_modules_or_by_pairs(tmp_path):
     assert runs["attention only"]["kind"].values.tolist() == ["attn"] * 3
 
 
-def test_module_hooks_exist_only_from_a_recorded_forward_to_the_next_unrecorded_one(tmp_path):
+def test_module_hooks_stay_while_attached_and_unrecorded_steps_add_nothing(tmp_path):
     model = gpt2()
     with probe(model, tmp_path / "run", every=2) as p:
-        train_steps(model, p, [batch(0)])
-        assert hook_count(model) > 2  # norms, sublayers and layers, after a recorded forward
-        train_steps(model, p, [batch(1)])
-        assert hook_count(model) == 2  # after an unrecorded one: the probe's pre/post hooks
+        hooks = hook_count(model)
+        assert hooks > 2  # norms, sublayers and layers: registered once, so compile sees them
+        train_steps(model, p, [batch(0)])  # recorded
+        train_steps(model, p, [batch(1)])  # unrecorded: the hooks return at once
+        assert hook_count(model) == hooks
+        assert not p.rec.sums.any() and not p.rec.counts.any()
     assert hook_count(model) == 0
+    assert read_run(tmp_path / "run")["step"].values.tolist() == [0]

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from synthetic_runs import baseline_run
+import torch
+from synthetic_runs import baseline_run, full_run
+from typer.testing import CliRunner
 
 from attnres_probe.analysis import pruning
 from attnres_probe.analysis.select import AnalysisError
+from attnres_probe.analysis.summary import run_summary
+from attnres_probe.cli.main import app
+from attnres_probe.models import ModelConfig
+from attnres_probe.store import open_run, write_static_variables
+from attnres_probe.store.synthetic import write_run
 
 
 def test_units_cover_layers_sublayers_and_blocks():
@@ -189,3 +196,199 @@ def test_pruned_run_shows_in_the_figure_and_the_summary(planted_run):
     assert prunable["by"] == "held-out loss increase"
     assert f"L{PLANTED}" not in [u["unit"] for u in prunable["layers"][:2]]
     assert prunable["base_loss"] == pytest.approx(float(res["prune_base_loss"]), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- removal modes
+
+
+def _results(kind_rows, losses, removal, granularity="layer", base=2.0):
+    return pruning.results_dataset(kind_rows, granularity, losses, base, {}, removal)
+
+
+def test_both_removals_are_stored_side_by_side_and_each_is_replaced_alone():
+    rows = pruning.units("full", 1, 4, "layer")
+    mask, zero = _results(rows, [2.5], "mask"), _results(rows, [2.2], "zero")
+    merged = pruning.merge_results(pruning.merge_results(None, mask), zero)
+    again = pruning.merge_results(merged, _results(rows, [2.7], "mask"))
+    ds = _stored(full_run(), again)
+    assert pruning.removals_at(ds, "layer") == ["mask", "zero"]
+    assert float(pruning.pruning_results(ds, "layer", "mask")["prune_loss"][0]) == pytest.approx(
+        2.7
+    )
+    assert float(pruning.pruning_results(ds, "layer", "zero")["prune_loss"][0]) == pytest.approx(
+        2.2
+    )
+    everything = pruning.pruning_results(ds, None)
+    assert sorted(everything["removal"].values.tolist()) == ["mask", "zero"]
+
+
+def test_without_a_removal_asked_for_the_run_kind_default_is_read():
+    rows = pruning.units("full", 1, 4, "layer")
+    both = pruning.merge_results(
+        pruning.merge_results(None, _results(rows, [2.2], "zero")), _results(rows, [2.5], "mask")
+    )
+    full = _stored(full_run(), both)
+    assert pruning.pruning_results(full, "layer").attrs["removal"] == "mask"
+    only_zero = _stored(full_run(), _results(rows, [2.2], "zero"))
+    assert pruning.pruning_results(only_zero, "layer").attrs["removal"] == "zero"
+    cmp = pruning.compare_with_proxies(full, "layer", removal="zero")
+    assert cmp.attrs["removal"] == "zero"
+    assert float(cmp["prune_loss"][0]) == pytest.approx(2.2)
+    with pytest.raises(AnalysisError, match="--removal mask"):
+        pruning.pruning_results(only_zero, "layer", "mask")
+
+
+def test_results_stored_before_removal_modes_existed_read_as_zero():
+    ds = _stored(baseline_run(), _results(pruning.units("baseline", 2, 4, "layer"), [3, 2], "zero"))
+    ds = ds.drop_vars("prune_removal")
+    res = pruning.pruning_results(ds, "layer")
+    assert res["removal"].values.tolist() == ["zero", "zero"]
+    assert res.attrs["removal"] == "zero"
+
+
+def test_mask_is_refused_for_a_baseline_and_each_kind_has_its_default():
+    assert pruning.default_removal("baseline") == "zero"
+    assert pruning.default_removal("full") == pruning.default_removal("block") == "mask"
+    assert pruning.check_removal("block", None) == "mask"
+    assert pruning.check_removal("full", "zero") == "zero"
+    with pytest.raises(AnalysisError, match="removal='mask' needs an AttnRes run"):
+        pruning.check_removal("baseline", "mask")
+    with pytest.raises(AnalysisError, match="removal='drop'"):
+        pruning.check_removal("full", "drop")
+
+
+def test_prune_refuses_mask_on_a_baseline_before_any_work(planted_run):
+    before = pruning.removals_at(open_run(planted_run), "sublayer")
+    r = CliRunner().invoke(
+        app, ["prune", str(planted_run), "--removal", "mask", "--granularity", "sublayer"]
+    )
+    assert r.exit_code == 2, r.output
+    assert r.stderr.count("\n") == 1 and "removal='mask' needs an AttnRes run" in r.stderr
+    assert "use removal 'zero'" in r.stderr and "Traceback" not in r.output
+    assert pruning.removals_at(open_run(planted_run), "sublayer") == before
+
+
+def test_info_shows_each_stored_removal_with_its_proxies_spearman(tmp_path):
+    cfg = ModelConfig(residual="full", n_layers=4, d_model=16, n_heads=2)
+    write_run(tmp_path, cfg, 5)
+    rows = pruning.units("full", 4, 4, "layer")
+    both = pruning.merge_results(
+        pruning.merge_results(None, _results(rows, [2.1, 2.2, 2.3, 2.4], "zero")),
+        _results(rows, [2.4, 2.3, 2.2, 2.1], "mask"),
+    )
+    write_static_variables(tmp_path, pruning.stored_arrays(both))
+    summary = run_summary(open_run(tmp_path))
+    assert list(summary["pruning"]) == ["mask", "zero"]
+    assert summary["pruning"]["mask"]["layers"][0]["unit"] == "L3"
+    assert summary["pruning"]["zero"]["layers"][0]["unit"] == "L0"
+    assert summary["most_prunable"]["removal"] == "mask"
+    r = CliRunner().invoke(app, ["info", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert "most prunable (mask)" in r.stdout and "most prunable (zero)" in r.stdout
+    assert "proxy Spearman ρ (mask)" in r.stdout and "proxy Spearman ρ (zero)" in r.stdout
+
+
+# ----------------------------------------------------------------------------- mask, independently
+
+
+def _attend(sources: list, query):
+    """An AttnRes op written out: softmax over the sources of query · RMSNorm(source) (no
+    learned scale, eps 1e-6), then the weighted sum of the sources."""
+    v = torch.stack(sources)  # (N, B, T, D)
+    keys = v / torch.sqrt(v.pow(2).mean(-1, keepdim=True) + 1e-6)
+    weights = torch.softmax(keys @ query, dim=0)  # (N, B, T)
+    return (weights.unsqueeze(-1) * v).sum(0)
+
+
+def _full_without(model, idx, removed: set[int]):
+    """Full AttnRes with the outputs of the ``removed`` sublayers left out of every later
+    softmax, from the model's own modules."""
+    kept = [model.embed(idx)]
+    for i, (norm, sublayer) in enumerate(model.sublayers()):
+        f = sublayer(norm(_attend(kept, model.depth_queries[i]())))
+        if i not in removed:
+            kept.append(f)
+    out = _attend(kept, model.depth_queries[-1]())
+    return model.lm_head(model.final_norm(out))
+
+
+def _block_without(model, idx, removed: set[int]):
+    """Block AttnRes whose ``removed`` sublayers leave their block's partial sum; a block left
+    with none leaves every later softmax."""
+    per_block = model.cfg.sublayers_per_block
+    pairs = model.sublayers()
+    blocks = [model.embed(idx)]
+    for n in range(model.cfg.n_blocks):
+        partial = None
+        for s in range(per_block):
+            i = n * per_block + s
+            seen = blocks + ([partial] if partial is not None else [])
+            norm, sublayer = pairs[i]
+            f = sublayer(norm(_attend(seen, model.depth_queries[i]())))
+            if i not in removed:
+                partial = f if partial is None else partial + f
+        if partial is not None:
+            blocks.append(partial)
+    out = _attend(blocks, model.depth_queries[-1]())
+    return model.lm_head(model.final_norm(out))
+
+
+def _random_model(residual: str, **sizes):
+    from attnres_probe.models import build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(residual=residual, d_model=16, n_heads=2, max_seq_len=16, **sizes)
+    model = build_model(cfg).eval()
+    with torch.no_grad():  # trained-like depth queries: far from the uniform start
+        for q in getattr(model, "depth_queries", []):
+            q.query.normal_(0.0, 1.0)
+            q.key_scale.uniform_(0.5, 1.5)
+    return model, torch.randint(0, cfg.vocab_size, (2, 12))
+
+
+@pytest.mark.parametrize(
+    ("residual", "sizes", "removed", "independent"),
+    [
+        ("full", {"n_layers": 3}, {2}, _full_without),  # L1.attn
+        ("full", {"n_layers": 3}, {0, 1}, _full_without),  # layer L0
+        ("block", {"n_layers": 4, "n_blocks": 4}, {2, 3}, _block_without),  # block2
+        ("block", {"n_layers": 4, "n_blocks": 2}, {4}, _block_without),  # a block's first
+    ],
+)
+def test_mask_removal_equals_a_forward_without_those_sources(residual, sizes, removed, independent):
+    model, idx = _random_model(residual, **sizes)
+    with torch.no_grad():
+        np.testing.assert_allclose(model(idx), independent(model, idx, set()), atol=1e-5)
+        expected = independent(model, idx, removed)
+        masked = model(idx, skip=removed, removal="mask")
+        zeroed = model(idx, skip=removed, removal="zero")
+    np.testing.assert_allclose(masked, expected, atol=1e-5)
+    # A zero source stays inside the later softmaxes: not the same model.
+    assert (zeroed - expected).abs().max() > 1e-3
+
+
+def test_a_baseline_model_has_no_mask_removal():
+    model, idx = _random_model("baseline", n_layers=2)
+    with pytest.raises(ValueError, match="mask"):
+        model(idx, skip={0}, removal="mask")
+
+
+def test_pruning_a_full_checkpoint_stores_mask_and_zero_side_by_side():
+    from synthetic_runs import trained_runs
+
+    from attnres_probe.tools.prune_path import path, prune_path
+
+    run = trained_runs()["full"]
+    mask = pruning.prune_run(run, "layer", batches=2)  # the default for AttnRes
+    zero = pruning.prune_run(run, "layer", batches=2, removal="zero")
+    assert mask.attrs["removal"] == "mask" and zero.attrs["removal"] == "zero"
+    ds = open_run(run)
+    assert pruning.removals_at(ds, "layer") == ["mask", "zero"]
+    for removal, res in (("mask", mask), ("zero", zero)):
+        stored = pruning.pruning_results(ds, "layer", removal)
+        np.testing.assert_allclose(stored["prune_loss"], res["prune_loss"], rtol=1e-6)
+    assert not np.allclose(mask["prune_loss"], zero["prune_loss"])
+    assert float(mask["prune_base_loss"]) == pytest.approx(float(zero["prune_base_loss"]))
+    greedy = prune_path(run, batches=2)
+    assert greedy.attrs["removal"] == "mask"
+    assert path(open_run(run)).attrs["removal"] == "mask"

@@ -40,8 +40,9 @@ else:
     else:
         by_name = {r.name: r for r in rows}
         st.caption(
-            "Each run keeps its colour on every page: its kind's hue, its seed's shade. The "
-            "legend of the first figure names them for every figure on the page."
+            "Each run keeps its colour on every page: its kind's hue, its seed's shade; runs "
+            "that differ only in seed are their mean with a band over the seeds. The legend of "
+            "the first figure names them for every figure on the page."
         )
 
         def body() -> None:
@@ -55,6 +56,13 @@ else:
             shown = {n: ui.view(ds, step) for n, ds in runs.items()}
             kw = {"step": step, "fraction": 1.0, "seeds": seeds}
             ui.chart(lambda: figures.loss(runs, seeds=seeds), "cmp_loss")
+            left, right = st.columns(2)
+            with left:
+                # These two keep their legends: they give each line's growth exponent and
+                # early-layer excess.
+                ui.chart(lambda: figures.layer_output(shown, **kw), "cmp_output", True)
+            with right:
+                ui.chart(lambda: figures.layer_grad(shown, **kw), "cmp_layer_grad", True)
             left, right = st.columns(2)
             with left:
                 ui.chart(lambda: no_legend(figures.dilution(shown, **kw)), "cmp_dilution", True)

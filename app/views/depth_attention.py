@@ -25,6 +25,16 @@ if picked is not None:
             "Each row is a reader (a sublayer, last row the model output); each column a source "
             "it can attend over. Blank cells are sources that do not exist yet at that depth."
         )
+        # The labels are the URL's values too (?layout=…): Streamlit writes labels there.
+        layouts = {"one row per sublayer": "interleaved", "Pre-Attn and Pre-MLP panels": "by-kind"}
+        shown_as = st.segmented_control(
+            "Layout",
+            list(layouts),
+            default="one row per sublayer",
+            key="layout",
+            bind="query-params",
+        )
+        layout = layouts.get(shown_as or "", "interleaved")
 
         def body() -> None:
             ds = ui.load(path)
@@ -33,7 +43,10 @@ if picked is not None:
                 return
             step = ui.step_picker(ds["step"].values)
             runs = {row.name: ui.view(ds, step)}
-            ui.chart(lambda: figures.depth_heatmap(runs, step=step, fraction=1.0), "heatmap")
+            ui.chart(
+                lambda: figures.depth_heatmap(runs, step=step, fraction=1.0, layout=layout),
+                "heatmap",
+            )
             ui.chart(lambda: figures.depth_entropy(runs, step=step, fraction=1.0), "entropy", True)
 
         ui.live(body, is_live=row.state == "live", path=path, row=row)

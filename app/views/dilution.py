@@ -1,4 +1,5 @@
-"""Dilution: the stream RMS entering each sublayer vs depth, and each update relative to it."""
+"""Dilution: the stream RMS entering each sublayer vs depth, each update relative to it, what each
+layer hands on (output magnitude per layer), and the growth exponent over training."""
 
 from __future__ import annotations
 
@@ -53,5 +54,7 @@ if picked is not None:
         ui.chart(
             lambda: figures.relative_update(runs, step=step, fraction=1.0), "relative_update", True
         )
+        ui.chart(lambda: figures.layer_output(runs, step=step, fraction=1.0), key="layer_output")
+        ui.chart(lambda: figures.growth_over_training({row.name: ds}), key="growth_over_training")
 
     ui.live(body, is_live=row.state == "live", path=path, row=row)

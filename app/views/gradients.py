@@ -1,4 +1,6 @@
-"""Gradients: the gradient norm w.r.t. each sublayer's output across depth, and over training."""
+"""Gradients: the gradient norm across depth — per sublayer output, per layer output and per
+layer's weights — the early-layer excess over training, and (AttnRes) the depth-attention mass
+each source receives beside its gradient."""
 
 from __future__ import annotations
 
@@ -13,8 +15,11 @@ picked = ui.selected(ui.current_rows())
 if picked is not None:
     row, path = picked
     st.caption(
-        "A PreNorm baseline tends to have large gradients at the first sublayers and small ones "
-        "deep down. The Training page maps this gradient norm at every recorded step."
+        "The paper compares the earliest layers with the rest: the legend of the per-layer "
+        "figures gives the early-layer excess (mean over the first 10 % of layers / median). "
+        "The per-sublayer figure's spread (CV, max/min) is a diagnostic; in AttnRes a source's "
+        "gradient follows the depth-attention mass it receives (last figure). The Training "
+        "page maps the gradient norm at every recorded step."
     )
 
     def body() -> None:
@@ -24,6 +29,17 @@ if picked is not None:
             return
         step = ui.step_picker(ds["step"].values)
         runs = {row.name: ui.view(ds, step)}
+        ui.chart(lambda: figures.layer_grad(runs, step=step, fraction=1.0), "layer_grad", True)
+        ui.chart(
+            lambda: figures.layer_grad(runs, step=step, fraction=1.0, variable="param_grad_norm"),
+            "layer_param_grad",
+            True,
+        )
+        ui.chart(lambda: figures.excess_over_training({row.name: ds}), "excess", True)
         ui.chart(lambda: figures.grad_depth(runs, step=step, fraction=1.0), "grad", True)
+        if row.kind != "baseline":
+            ui.chart(
+                lambda: figures.mass_received(runs, step=step, fraction=1.0), "mass_received", True
+            )
 
     ui.live(body, is_live=row.state == "live", path=path, row=row)

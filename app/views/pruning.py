@@ -1,34 +1,76 @@
 """Pruning: the loss increase when each layer / sublayer / block is removed, against the cheap
-proxies recorded in training; runs the measurement when the run has none stored."""
+proxies recorded in training, for each removal mode stored side by side; runs the measurement
+when the run has none stored for the chosen granularity and removal."""
 
 from __future__ import annotations
 
+import math
+
+import pandas as pd
 import streamlit as st
 
 from attnres_probe import figures
-from attnres_probe.analysis.pruning import compare_with_proxies
+from attnres_probe.analysis import pruning as pruning_analysis
 from attnres_probe.app import catalog, ui
+
+REMOVAL_NOTES = {
+    "mask": "mask: the removed unit leaves every later depth softmax, which renormalises over "
+    "the sources that remain",
+    "zero": "zero: the unit's update is replaced by zeros (in AttnRes the zero source stays "
+    "inside every later depth softmax and keeps taking weight)",
+}
 
 ui.header("Pruning")
 picked = ui.selected(ui.current_rows())
 
 
-def measure(path, granularity: str) -> None:
-    from attnres_probe.analysis.pruning import prune_run
-
+def measure(path, granularity: str, removal: str) -> None:
     bar = st.progress(0.0, text="starting…")
 
     def progress(done: int, total: int, unit: str) -> None:
         bar.progress(done / total, text=catalog.literal(f"{done}/{total}: {unit}"))
 
     try:
-        prune_run(path, granularity=granularity, progress=progress, save=True)
+        pruning_analysis.prune_run(
+            path, granularity=granularity, progress=progress, save=True, removal=removal
+        )
     except Exception as err:  # noqa: BLE001 - shown on the page; the dashboard stays up
         ui.error(err)
         return
     bar.progress(1.0, text="done")
     ui.forget_loaded()  # the results were written into the store: read it again
     st.rerun()
+
+
+def _number(x: float, digits: int) -> str:
+    return f"{x:.{digits}f}" if math.isfinite(x) else "–"
+
+
+def stored_table(ds, granularity: str) -> None:
+    """One row per removal mode stored at ``granularity``: intact loss, cheapest unit and each
+    proxy's Spearman ρ against the measured increase."""
+    rows = []
+    for removal in pruning_analysis.removals_at(ds, granularity):
+        try:
+            cmp = pruning_analysis.compare_with_proxies(ds, granularity, removal=removal)
+        except ValueError as err:  # AnalysisError included
+            ui.error(err)
+            continue
+        inc = cmp["prune_loss_increase"].values
+        cheapest = int(inc.argmin())
+        rows.append(
+            {
+                "removal": removal,
+                "intact loss": _number(float(cmp["prune_base_loss"]), 4),
+                "cheapest unit": f"{cmp['unit'].values[cheapest]} (+{inc[cheapest]:.4f})",
+                "ρ 1 − cos_in_out": _number(cmp.attrs.get("spearman_block_influence", math.nan), 2),
+                "ρ relative update": _number(
+                    cmp.attrs.get("spearman_relative_update", math.nan), 2
+                ),
+            }
+        )
+    if rows:
+        st.dataframe(pd.DataFrame(rows), hide_index=True, key="pruning_removals")
 
 
 if picked is not None:
@@ -40,17 +82,37 @@ if picked is not None:
         )
         or "layer"
     )
+    removals = list(pruning_analysis.REMOVALS) if row.kind != "baseline" else ["zero"]
+    default = pruning_analysis.default_removal(row.kind or "baseline")
+    removal = (
+        st.segmented_control(
+            "Removal", removals, default=default, key="removal", bind="query-params"
+        )
+        or default
+    )
+    if removal not in removals:  # e.g. ?removal=mask in the URL of a baseline run
+        removal = default
+    st.caption(
+        REMOVAL_NOTES[removal]
+        + ("" if row.kind != "baseline" else " — a baseline has no depth softmax, so only zero")
+    )
     ds = ui.load(path)
     st.caption(catalog.literal(ui.describe_row(row)))
-    drawn = ui.chart(lambda: figures.pruning({row.name: ds}, granularity=granularity), "pruning")
+    stored_table(ds, granularity)
+    drawn = ui.chart(
+        lambda: figures.pruning({row.name: ds}, granularity=granularity, removal=removal),
+        "pruning",
+    )
     if drawn is not None:
-        results = compare_with_proxies(ds, granularity).to_dataframe()
+        results = pruning_analysis.compare_with_proxies(
+            ds, granularity, removal=removal
+        ).to_dataframe()
         with st.expander("Numbers (table, CSV)"):
             st.dataframe(results, key="pruning_table")
             st.download_button(
                 "Download CSV",
                 results.to_csv().encode("utf-8"),
-                file_name=f"pruning-by-{granularity}.csv",
+                file_name=f"pruning-by-{granularity}-{removal}.csv",
                 mime="text/csv",
                 key="pruning_csv",
             )
@@ -60,10 +122,13 @@ if picked is not None:
         if row.has_checkpoint:
             st.markdown(
                 "Measure it now: the checkpoint is run on held-out batches with each "
-                f"{granularity} zero-ablated in turn; the result is stored in the run."
+                f"{granularity} removed in turn ({removal}); the result is stored in the run "
+                "beside the others."
             )
-            if st.button(f"Run pruning sensitivity by {granularity}", key="run_pruning"):
-                measure(path, granularity)
+            if st.button(
+                f"Run pruning sensitivity by {granularity} ({removal})", key="run_pruning"
+            ):
+                measure(path, granularity, removal)
         else:
             st.info(
                 "This run has no checkpoint (checkpoint.safetensors), so pruning cannot be "

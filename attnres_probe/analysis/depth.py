@@ -14,7 +14,14 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from attnres_probe.analysis.select import DEFAULT_FRACTION, AnalysisError, require, snapshot
+from attnres_probe.analysis.select import (
+    DEFAULT_FRACTION,
+    AnalysisError,
+    require,
+    snapshot,
+    windows,
+)
+from attnres_probe.analysis.stats import spearman
 
 
 def _with_output(ds: xr.Dataset, name: str, out_name: str) -> xr.DataArray:
@@ -153,3 +160,131 @@ def overall_top_sources(
     w = mean_depth_weights(ds, None, fraction).fillna(0.0).mean("sublayer")
     pairs = [(str(n), float(v)) for n, v in zip(w["source"].values, w.values, strict=True)]
     return sorted(pairs, key=lambda p: -p[1])[:k]
+
+
+# ----------------------------------------------------------------------------- mass received
+
+
+def mass_received(
+    ds: xr.Dataset, step: int | None = None, fraction: float | None = DEFAULT_FRACTION
+) -> xr.DataArray:
+    """Depth-attention mass each source receives [source]: the sum over its consumers (every
+    sublayer's op and the model output's) of their mean weight on it, at ``step`` or averaged
+    over the last ``fraction`` of steps; ``fraction=None`` keeps every step [step, source].
+
+    A uniform reader spreads 1 over what it sees, so a Full AttnRes source v_i read uniformly
+    receives Σ_{l ≥ i} 1/(l + 1); a source no consumer reads receives 0. Block AttnRes's
+    ``partial`` column sums the weight on every (different) partial sum."""
+    w = depth_weights(ds, include_output=True)
+    if fraction is not None:  # the window first: a long run's other steps are never read
+        w = snapshot(w, step, fraction)
+    present = w.notnull().any([d for d in w.dims if d != "source"])
+    mass = w.fillna(0.0).sum("sublayer").where(present)
+    return mass.assign_attrs(
+        long_name="depth-attention mass received", units="weight", steps=w.attrs.get("steps", "")
+    )
+
+
+def source_sublayer(ds: xr.Dataset) -> xr.DataArray:
+    """The sublayer whose update gradient is each source's gradient [source] (−1: none).
+
+    Full AttnRes: source ``Lk.attn`` / ``Lk.mlp`` *is* that sublayer's update, so its gradient
+    is that sublayer's ``grad_norm``. Block AttnRes: ``blockk`` is the sum of the block's
+    updates and its last update enters nothing else, so ∂loss/∂block = ∂loss/∂(that last
+    update). The embedding and the partial sums have no recorded gradient."""
+    names = [str(s) for s in ds["source"].values]
+    kinds = [str(k) for k in ds["kind"].values]
+    layers = [int(x) for x in ds["layer_of"].values]
+    site = {
+        f"L{layer}.{kind}": i for i, (kind, layer) in enumerate(zip(kinds, layers, strict=True))
+    }
+    n_blocks = sum(1 for n in names if n.startswith("block") and n[5:].isdigit())
+    per_block = ds.sizes["sublayer"] // n_blocks if n_blocks else 0
+    out = []
+    for name in names:
+        if name in site:
+            out.append(site[name])
+        elif per_block and name.startswith("block") and name[5:].isdigit():
+            out.append(int(name[5:]) * per_block - 1)
+        else:
+            out.append(-1)
+    return xr.DataArray(
+        np.asarray(out, dtype=np.int64), dims="source", coords={"source": ds["source"]}
+    )
+
+
+def mass_and_gradient(
+    ds: xr.Dataset, step: int | None = None, fraction: float = DEFAULT_FRACTION
+) -> xr.Dataset:
+    """Each source's depth-attention mass received beside its gradient norm [source]:
+    ``mass_received`` and ``grad_norm`` (NaN where the source has no recorded gradient, see
+    :func:`source_sublayer`), at ``step`` or over the last ``fraction`` of steps. attrs
+    ``spearman``: Spearman ρ of the two over the sources with both; ``steps``.
+
+    In AttnRes no identity path reaches a source: its gradient flows only through the weight
+    later readers give it, so a high ρ says the mass received explains which sources get the
+    largest and the smallest gradients (and so a gradient max/min)."""
+    require(ds, "grad_norm")
+    mass = mass_received(ds, step, fraction)
+    grads = snapshot(ds["grad_norm"], step, fraction)
+    index = source_sublayer(ds).values
+    values = np.asarray(grads.values, dtype=float)
+    grad = np.where(index >= 0, values[np.clip(index, 0, None)], np.nan)
+    out = xr.Dataset(
+        {
+            "mass_received": mass,
+            "grad_norm": (
+                "source",
+                grad,
+                {"long_name": "gradient norm of the source", "units": "gradient"},
+            ),
+        }
+    )
+    out.attrs = {
+        "spearman": spearman(mass.values, grad),
+        "steps": mass.attrs.get("steps", ""),
+    }
+    return out
+
+
+def mass_gradient_over_training(ds: xr.Dataset, window: int | None = None) -> xr.DataArray:
+    """Spearman ρ of mass received vs source gradient (see :func:`mass_and_gradient`) at
+    every recorded step, or of the means over each ``window`` of recorded steps [step]."""
+    require(ds, "grad_norm")
+    mass = windows(mass_received(ds, fraction=None), window)
+    grads = windows(ds["grad_norm"], window)
+    index = source_sublayer(ds).values
+    has = index >= 0
+    rho = [
+        spearman(m[has], g[index[has]])
+        for m, g in zip(
+            np.asarray(mass.transpose("step", "source").values, dtype=float),
+            np.asarray(grads.transpose("step", "sublayer").values, dtype=float),
+            strict=True,
+        )
+    ]
+    return xr.DataArray(
+        np.asarray(rho),
+        dims="step",
+        coords={"step": mass["step"]},
+        attrs={"long_name": "Spearman ρ, mass received vs source gradient", "units": "1"},
+    )
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+def weights_by_kind(weights: xr.DataArray) -> xr.Dataset:
+    """Depth weights [sublayer, source] (no output row) in the paper's layout: ``pre_attn``
+    and ``pre_mlp`` [layer, source], the weights of the op before each layer's attention and
+    before its MLP (rows: the consumer layer, columns: the source)."""
+    w = weights.isel(sublayer=np.flatnonzero(weights["kind"].values != "out"))
+    panels = {}
+    for name, kind in (("pre_attn", "attn"), ("pre_mlp", "mlp")):
+        rows = w.isel(sublayer=np.flatnonzero(w["kind"].values == kind))
+        layers = rows["layer_of"].values.astype(np.int64)
+        rows = rows.drop_vars([c for c in ("kind", "layer_of") if c in rows.coords])
+        panels[name] = rows.rename(sublayer="layer").assign_coords(layer=layers)
+    out = xr.Dataset(panels)
+    out.attrs = dict(weights.attrs)
+    return out

@@ -1,9 +1,16 @@
 """Layer-pruning sensitivity: remove each unit of a trained model and measure the loss it costs.
 
 A *unit* is a layer (its two sublayers), one sublayer, or (Block AttnRes) one block of
-sublayers; removing it means zero-ablating its updates (``model(idx, skip=...)``) on the same
-held-out batches of the run's corpus. The true cost is compared with the cheap proxies the
-probe recorded during training:
+sublayers, removed on the same held-out batches of the run's corpus
+(``model(idx, skip=..., removal=...)``). Removing a unit has two meanings (``REMOVALS``):
+
+- ``"zero"``: its updates are replaced by zeros. In a baseline that removes the unit from the
+  residual stream. In AttnRes a zero source stays *inside* every later depth softmax (its key
+  RMSNorm(0) = 0 gives logit 0), so it keeps taking weight from the other sources.
+- ``"mask"`` (AttnRes only, their default): the removed source leaves every later depth
+  softmax, which renormalises over the sources that remain — the unit is gone.
+
+The true cost is compared with the cheap proxies the probe recorded during training:
 
 - ``block_influence`` = 1 − ``cos_in_out`` of a layer. ShortGPT's Block Influence is the same
   quantity when the cosine is taken per token and averaged over tokens, as the probe records
@@ -11,13 +18,15 @@ probe recorded during training:
 - ``relative_update``: the unit's summed ``update_rms / hidden_rms``.
 
 Results live in the run store as static variables on a ``unit`` dim (see ``STORED``), one row
-per unit, every granularity side by side (coordinate ``granularity``).
+per unit, every granularity and removal side by side (coordinates ``granularity`` and
+``removal``; results stored before removal modes existed are ``"zero"``).
 
 Only :func:`prune_run` needs torch; everything else reads xarray.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,13 +34,22 @@ import numpy as np
 import xarray as xr
 
 from attnres_probe.analysis.dilution import relative_update
-from attnres_probe.analysis.select import DEFAULT_FRACTION, AnalysisError, require, snapshot
+from attnres_probe.analysis.select import (
+    DEFAULT_FRACTION,
+    AnalysisError,
+    require,
+    run_name,
+    snapshot,
+)
+from attnres_probe.analysis.stats import spearman
 
 GRANULARITIES = ("layer", "sublayer", "block")
+REMOVALS = ("mask", "zero")
 # Stored variable name -> what it holds; all on dim `unit` except the 0-d base loss.
 STORED = {
     "prune_unit_name": "unit label: L3, L3.attn, block2",
     "prune_granularity": "layer, sublayer or block",
+    "prune_removal": "mask (the source leaves every later depth softmax) or zero (zero update)",
     "prune_sublayer_start": "first sublayer the unit removes",
     "prune_sublayer_stop": "one past the last sublayer it removes",
     "prune_loss": "held-out loss with the unit removed",
@@ -40,6 +58,43 @@ STORED = {
     "prune_batches": "held-out batches each loss averages",
 }
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, unit just evaluated)
+
+
+# ----------------------------------------------------------------------------- removal
+
+
+def default_removal(residual: str) -> str:
+    """``"mask"`` for AttnRes runs (the unit leaves every depth softmax), ``"zero"`` for a
+    baseline (it has no depth softmax)."""
+    return "zero" if residual == "baseline" else "mask"
+
+
+def check_removal(residual: str, removal: str | None) -> str:
+    """``removal`` checked against the run's kind (None: the kind's default)."""
+    if removal is None:
+        return default_removal(residual)
+    if removal not in REMOVALS:
+        raise AnalysisError(f"removal={removal!r} is not one of {', '.join(REMOVALS)}")
+    if removal == "mask" and residual == "baseline":
+        raise AnalysisError(
+            "removal='mask' needs an AttnRes run: a baseline has no depth softmax to leave, "
+            "only 'zero' (its update replaced by zeros); use removal 'zero'"
+        )
+    return removal
+
+
+def run_residual(run: str | Path) -> str | None:
+    """The residual kind of a run's checkpoint (its ``config.json``), read without torch;
+    None when the run has no readable checkpoint configuration (loading it says why)."""
+    from attnres_probe.checkpoint import CONFIG_FILE
+
+    try:
+        document = json.loads((_run_dir(run) / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    model = document.get("model") if isinstance(document, dict) else None
+    residual = model.get("residual") if isinstance(model, dict) else None
+    return residual if isinstance(residual, str) else None
 
 
 # ----------------------------------------------------------------------------- units
@@ -64,9 +119,14 @@ def units(residual: str, n_layers: int, n_blocks: int, granularity: str) -> list
 
 
 def results_dataset(
-    unit_rows: list[tuple], granularity: str, losses: list[float], base_loss: float, attrs: dict
+    unit_rows: list[tuple],
+    granularity: str,
+    losses: list[float],
+    base_loss: float,
+    attrs: dict,
+    removal: str = "zero",
 ) -> xr.Dataset:
-    """Pruning results for one granularity as a Dataset on dim ``unit``."""
+    """Pruning results for one granularity and removal as a Dataset on dim ``unit``."""
     names = [u[0] for u in unit_rows]
     loss = np.asarray(losses, dtype=float)
     ds = xr.Dataset(
@@ -79,24 +139,35 @@ def results_dataset(
         coords={
             "unit": np.asarray(names, dtype=object),
             "granularity": ("unit", np.asarray([granularity] * len(names), dtype=object)),
+            "removal": ("unit", np.asarray([removal] * len(names), dtype=object)),
             "sublayer_start": ("unit", np.asarray([u[1] for u in unit_rows], dtype=np.int64)),
             "sublayer_stop": ("unit", np.asarray([u[2] for u in unit_rows], dtype=np.int64)),
         },
-        attrs=attrs,
+        attrs={**attrs, "removal": removal},
     )
     return ds
 
 
-def pruning_results(ds: xr.Dataset, granularity: str | None = "layer") -> xr.Dataset:
-    """The stored pruning results of a run on dim ``unit`` (one granularity, or all for None):
-    ``prune_loss``, ``prune_loss_increase``, ``prune_batches`` and ``prune_base_loss`` (0-d for
-    one granularity, [unit] for all); coords ``granularity``, ``sublayer_start``,
-    ``sublayer_stop``."""
+def pruning_results(
+    ds: xr.Dataset, granularity: str | None = "layer", removal: str | None = None
+) -> xr.Dataset:
+    """The stored pruning results of a run on dim ``unit``: ``prune_loss``,
+    ``prune_loss_increase``, ``prune_batches`` and ``prune_base_loss``; coords
+    ``granularity``, ``removal``, ``sublayer_start``, ``sublayer_stop``.
+
+    granularity None: every stored row ([unit] base losses). Otherwise one granularity and
+    one removal: ``removal``, or (None) the run's default removal when stored, else the one
+    that is (0-d base loss: one evaluation has one intact-model loss)."""
     if "prune_loss" not in ds.data_vars:
         raise AnalysisError(
-            f"run {ds.attrs.get('run_name', 'run')!r} has no pruning results; "
-            "run `attnres-probe prune RUN` first"
+            f"run {run_name(ds)!r} has no pruning results; run `attnres-probe prune RUN` first"
         )
+    n = ds.sizes["unit"]
+    removals = (
+        np.asarray(ds["prune_removal"].values).astype(str)
+        if "prune_removal" in ds.data_vars
+        else np.full(n, "zero")
+    )
     out = xr.Dataset(
         {
             name: ds[name]
@@ -107,23 +178,54 @@ def pruning_results(ds: xr.Dataset, granularity: str | None = "layer") -> xr.Dat
     out = out.assign_coords(
         unit=np.asarray(ds["prune_unit_name"].values).astype(str).astype(object),
         granularity=("unit", np.asarray(ds["prune_granularity"].values).astype(str)),
+        removal=("unit", removals),
         sublayer_start=("unit", np.asarray(ds["prune_sublayer_start"].values, dtype=np.int64)),
         sublayer_stop=("unit", np.asarray(ds["prune_sublayer_stop"].values, dtype=np.int64)),
     )
     out.attrs = dict(ds["prune_loss"].attrs)
     if granularity is None:
         return out
-    chosen = out.isel(unit=np.flatnonzero(out["granularity"].values == granularity))
-    if chosen.sizes["unit"] == 0:
+    at = out.isel(unit=np.flatnonzero(out["granularity"].values == granularity))
+    if at.sizes["unit"] == 0:
         have = sorted(set(out["granularity"].values.tolist()))
         raise AnalysisError(
             f"no pruning results at granularity={granularity!r} (the run has {have}); "
             f"run `attnres-probe prune RUN --granularity {granularity}`"
         )
-    # One granularity comes from one evaluation: one intact-model loss.
+    stored = stored_removals(at)
+    if removal is None:
+        preferred = default_removal(str(ds.attrs.get("residual", "baseline")))
+        removal = preferred if preferred in stored else stored[0]
+    chosen = at.isel(unit=np.flatnonzero(at["removal"].values == removal))
+    if chosen.sizes["unit"] == 0:
+        raise AnalysisError(
+            f"no pruning results by {granularity} with removal={removal!r} (the run has "
+            f"{stored}); run `attnres-probe prune RUN --granularity {granularity} "
+            f"--removal {removal}`"
+        )
+    chosen.attrs["removal"] = removal
     if "unit" in chosen["prune_base_loss"].dims:
         chosen["prune_base_loss"] = chosen["prune_base_loss"].isel(unit=0, drop=True)
     return chosen
+
+
+def stored_removals(results: xr.Dataset) -> list[str]:
+    """The removal modes present in ``results`` (from :func:`pruning_results`), in
+    ``REMOVALS`` order."""
+    have = set(np.asarray(results["removal"].values).astype(str).tolist())
+    return [r for r in REMOVALS if r in have]
+
+
+def removals_at(ds: xr.Dataset, granularity: str) -> list[str]:
+    """The removal modes a run has stored results for at ``granularity`` (REMOVALS order;
+    empty without any)."""
+    try:
+        rows = pruning_results(ds, None)
+    except AnalysisError:
+        return []
+    return stored_removals(
+        rows.isel(unit=np.flatnonzero(rows["granularity"].values == granularity))
+    )
 
 
 def _per_unit(results: xr.Dataset) -> xr.Dataset:
@@ -135,14 +237,15 @@ def _per_unit(results: xr.Dataset) -> xr.Dataset:
 
 
 def merge_results(old: xr.Dataset | None, new: xr.Dataset) -> xr.Dataset:
-    """Stored results with ``new``'s granularity replaced by ``new`` (others kept), on dim
-    ``unit`` with ``prune_base_loss`` per unit."""
+    """Stored results with ``new``'s granularity and removal replaced by ``new`` (others
+    kept), on dim ``unit`` with ``prune_base_loss`` per unit."""
     new = _per_unit(new)
     if old is None:
         return new
     old = _per_unit(old)
-    g = str(new["granularity"].values[0])
-    kept = old.isel(unit=np.flatnonzero(old["granularity"].values != g))
+    g, r = str(new["granularity"].values[0]), str(new["removal"].values[0])
+    same = (old["granularity"].values == g) & (old["removal"].values.astype(str) == r)
+    kept = old.isel(unit=np.flatnonzero(~same))
     merged = xr.concat(
         [kept, new], dim="unit", data_vars="all", coords="minimal", compat="override"
     )
@@ -156,6 +259,7 @@ def stored_arrays(results: xr.Dataset) -> dict[str, tuple[tuple[str, ...], np.nd
     return {
         "prune_unit_name": (("unit",), np.asarray(results["unit"].values, dtype=object)),
         "prune_granularity": (("unit",), np.asarray(results["granularity"].values, dtype=object)),
+        "prune_removal": (("unit",), np.asarray(results["removal"].values, dtype=object)),
         "prune_sublayer_start": (("unit",), results["sublayer_start"].values.astype(np.int64)),
         "prune_sublayer_stop": (("unit",), results["sublayer_stop"].values.astype(np.int64)),
         "prune_loss": (("unit",), results["prune_loss"].values.astype(np.float32)),
@@ -191,44 +295,20 @@ def proxies(ds: xr.Dataset, results: xr.Dataset, fraction: float = DEFAULT_FRACT
         ]
     if not out:
         require(ds, "cos_in_out")  # raises, naming what the proxies need
-    coords = {c: results[c] for c in ("unit", "granularity")}
+    coords = {c: results[c] for c in ("unit", "granularity", "removal") if c in results.coords}
     return xr.Dataset({k: ("unit", np.asarray(v)) for k, v in out.items()}, coords=coords)
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 1…n with ties given their average rank."""
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x))
-    sorted_x = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
-def spearman(a, b) -> float:
-    """Spearman rank correlation of two sequences over pairs where both are finite (NaN when
-    fewer than 3 pairs remain or either side is constant)."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 3:
-        return float("nan")
-    ra, rb = _ranks(a[ok]), _ranks(b[ok])
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
 def compare_with_proxies(
-    ds: xr.Dataset, granularity: str = "layer", fraction: float = DEFAULT_FRACTION
+    ds: xr.Dataset,
+    granularity: str = "layer",
+    fraction: float = DEFAULT_FRACTION,
+    removal: str | None = None,
 ) -> xr.Dataset:
     """True loss increase beside each proxy [unit], with Spearman ρ of every proxy against the
-    true increase in attrs (``spearman_block_influence``, ``spearman_relative_update``)."""
-    res = pruning_results(ds, granularity)
+    true increase in attrs (``spearman_block_influence``, ``spearman_relative_update``) and
+    the ``removal`` the losses were measured with (see :func:`pruning_results`)."""
+    res = pruning_results(ds, granularity, removal)
     prox = proxies(ds, res, fraction)
     out = xr.merge([res, prox])
     for name in prox.data_vars:
@@ -249,12 +329,15 @@ def prune_run(
     device: str = "cpu",
     progress: ProgressCallback | None = None,
     save: bool = True,
+    removal: str | None = None,
 ) -> xr.Dataset:
-    """Zero-ablate each unit of the run's checkpoint in turn on ``batches`` held-out batches of
-    its corpus (the same batches for every unit) and return the results on dim ``unit``.
+    """Remove each unit of the run's checkpoint in turn on ``batches`` held-out batches of its
+    corpus (the same batches for every unit) and return the results on dim ``unit``.
 
-    batch_size / seq_len default to the run's training values. With ``save`` the results are
-    written into the run store (replacing earlier results at this granularity).
+    removal: ``"mask"`` or ``"zero"`` (see the module docstring); None picks the run's default
+    (mask for AttnRes, zero for a baseline, which has no other). batch_size / seq_len default
+    to the run's training values. With ``save`` the results are written into the run store
+    (replacing earlier results at this granularity and removal).
     """
     import torch
 
@@ -270,6 +353,7 @@ def prune_run(
     model_cfg = ModelConfig.from_dict(config.get("model", config))
     train_cfg = config.get("train_config") or config.get("extra", {}).get("train_config", {})
     unit_rows = units(model_cfg.residual, model_cfg.n_layers, model_cfg.n_blocks, granularity)
+    removal = check_removal(model_cfg.residual, removal)
     batch_size = batch_size or int(train_cfg.get("batch_size", 16))
     seq_len = min(seq_len or int(train_cfg.get("seq_len", 64)), model_cfg.max_seq_len)
     corpus = ByteCorpus.load(train_cfg.get("data"))
@@ -285,7 +369,16 @@ def prune_run(
         for i, (name, start, stop) in enumerate(unit_rows):
             skip = set(range(start, stop))
             losses.append(
-                evaluate(model, corpus, batches, batch_size, seq_len, seed=seed, skip=skip)
+                evaluate(
+                    model,
+                    corpus,
+                    batches,
+                    batch_size,
+                    seq_len,
+                    seed=seed,
+                    skip=skip,
+                    removal=removal,
+                )
             )
             if progress is not None:
                 progress(i + 2, total, name)
@@ -296,7 +389,7 @@ def prune_run(
         "seed": seed,
         "corpus": str(train_cfg.get("data") or "default"),
     }
-    results = results_dataset(unit_rows, granularity, losses, base, attrs)
+    results = results_dataset(unit_rows, granularity, losses, base, attrs, removal)
     if save:
         save_results(run_dir, results)
     return results

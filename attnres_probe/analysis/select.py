@@ -7,6 +7,7 @@ one batch and noisy; the tail mean is the run's settled state.
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 
@@ -40,6 +41,50 @@ def require(ds: xr.Dataset, *names: str) -> None:
 def run_name(ds: xr.Dataset) -> str:
     """The run's name from its attrs (``run_name``), or 'run' when it has none."""
     return str(ds.attrs.get("run_name") or "run")
+
+
+def model_config(ds: xr.Dataset) -> dict:
+    """The run's model configuration from its attrs (``model_config``, JSON or a dict); empty
+    when the run does not say."""
+    raw = ds.attrs.get("model_config")
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError:
+            return {}
+    return dict(raw) if isinstance(raw, dict) else {}
+
+
+def first_count(n: int, fraction: float) -> int:
+    """How many of ``n`` positions are the first ``fraction`` of them: ceil(n · fraction), at
+    least one (the same rounding as :func:`tail`)."""
+    if not 0 < fraction <= 1:
+        raise AnalysisError(f"fraction={fraction} must be in (0, 1]; 0.1 means the first 10 %")
+    return max(1, min(n, math.ceil(n * fraction - 1e-9)))
+
+
+def windows(da: xr.DataArray, window: int | None) -> xr.DataArray:
+    """``da`` per recorded step (``window`` None or 1), or the mean of each run of ``window``
+    consecutive recorded steps, labelled by its last step. Windows are counted back from the
+    last recorded step, so the last one is always whole (the first may hold fewer steps)."""
+    if window is None or window == 1 or "step" not in da.dims:
+        return da
+    if window < 1:
+        raise AnalysisError(f"window={window} must be at least 1 recorded step")
+    n = da.sizes["step"]
+    group = (n - 1 - np.arange(n)) // window  # 0 for the last window
+    last_steps = [
+        int(da["step"].values[np.flatnonzero(group == g)[-1]])
+        for g in range(group.max(initial=-1), -1, -1)
+    ]
+    labelled = da.assign_coords(window=("step", group))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = labelled.groupby("window").mean("step", skipna=True)
+    out = out.isel(window=slice(None, None, -1)).rename(window="step")
+    out = out.assign_coords(step=np.asarray(last_steps, dtype=np.int64))
+    out.attrs = {**da.attrs, "window": f"mean of {window} recorded steps"}
+    return out
 
 
 def tail(obj: xr.DataArray | xr.Dataset, fraction: float = DEFAULT_FRACTION):

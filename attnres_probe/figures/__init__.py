@@ -12,12 +12,24 @@ numbers a line figure draws.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import pandas as pd
 import plotly.graph_objects as go
 
 from attnres_probe.analysis.select import AnalysisError
-from attnres_probe.figures.depth import depth_entropy, depth_heatmap, token_depth_heatmap
+from attnres_probe.figures.depth import (
+    depth_entropy,
+    depth_heatmap,
+    mass_received,
+    token_depth_heatmap,
+)
+from attnres_probe.figures.layers import (
+    excess_over_training,
+    growth_over_training,
+    layer_grad,
+    layer_output,
+)
 from attnres_probe.figures.profiles import dilution, grad_depth, relative_update
 from attnres_probe.figures.pruning import prune_path, pruning
 from attnres_probe.figures.style import (
@@ -49,12 +61,17 @@ __all__ = [
     "depth_entropy",
     "depth_heatmap",
     "dilution",
+    "excess_over_training",
     "figure_table",
     "grad_depth",
     "grad_map",
+    "growth_over_training",
+    "layer_grad",
+    "layer_output",
     "log_ticks",
     "loss",
     "make_figure",
+    "mass_received",
     "over_training",
     "prune_path",
     "pruning",
@@ -69,10 +86,17 @@ __all__ = [
 
 FIGURES: dict[str, Callable[..., go.Figure]] = {
     "dilution": dilution,
+    "layer-output": layer_output,
+    "growth-over-training": growth_over_training,
     "relative-update": relative_update,
     "depth-heatmap": depth_heatmap,
+    "depth-heatmap-by-kind": partial(depth_heatmap, layout="by-kind"),
     "depth-entropy": depth_entropy,
+    "mass-received": mass_received,
     "grad-depth": grad_depth,
+    "layer-grad": layer_grad,
+    "layer-param-grad": partial(layer_grad, variable="param_grad_norm"),
+    "excess-over-training": excess_over_training,
     "grad-map": grad_map,
     "update-map": update_map,
     "pruning": pruning,
@@ -90,7 +114,7 @@ def make_figure(name: str, runs: Runs, step: int | None = None, seeds: str = "ba
 
 def figure_table(fig: go.Figure) -> pd.DataFrame:
     """The numbers a line figure draws: one row per position (its label, e.g. 'L3.attn' or
-    'step 40'), one column per legend entry, and a '± sd' column beside each seed group."""
+    'step 40'), one column per legend entry, and its seeds' min and max beside a seed group."""
     columns: dict[str, pd.Series] = {}
     order: dict[str, None] = {}  # positions in the order drawn (a plain union would sort them)
     for trace in fig.data:
@@ -100,9 +124,10 @@ def figure_table(fig: go.Figure) -> pd.DataFrame:
         rows = [str(c[0]) for c in trace.customdata]
         order.update(dict.fromkeys(rows))
         columns[meta["table"]] = pd.Series(list(trace.y), index=rows, dtype=float)
-        if any(int(c[2]) > 1 for c in trace.customdata):
-            sd = [float(c[1]) for c in trace.customdata]
-            columns[f"{meta['table']} ± sd"] = pd.Series(sd, index=rows, dtype=float)
+        if any(int(c[3]) > 1 for c in trace.customdata):
+            for i, edge in ((1, "min"), (2, "max")):
+                values = [float(c[i]) for c in trace.customdata]
+                columns[f"{meta['table']} {edge}"] = pd.Series(values, index=rows, dtype=float)
     frame = pd.DataFrame(columns).reindex(list(order))
     frame.index.name = "position"
     return frame

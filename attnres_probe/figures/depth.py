@@ -1,4 +1,5 @@
-"""Depth attention of AttnRes runs: weight heatmaps and entropy per sublayer."""
+"""Depth attention of AttnRes runs: weight heatmaps (interleaved, or the paper's Pre-Attn /
+Pre-MLP panels), entropy per sublayer, and the mass each source receives beside its gradient."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from attnres_probe.figures.style import (
     grid,
     heatmap_height,
     integer_ticks,
+    label_log_axes,
     plot_text,
     run_series,
     site_labels,
@@ -120,16 +122,32 @@ def heatmap_panels(
     return fig
 
 
+HEATMAP_LAYOUTS = ("interleaved", "by-kind")
+WEIGHT_COLOURS = {
+    "colorscale": "Viridis",
+    "cmin": 0,
+    "cmax": 1,
+    "colorbar": {"title": {"text": "weight"}, "thickness": 14, "len": 0.5},
+}
+
+
 def depth_heatmap(
     runs: Runs,
     step: int | None = None,
     fraction: float = DEFAULT_FRACTION,
     include_output: bool = True,
     seeds: str = "band",
+    layout: str = "interleaved",
 ) -> go.Figure:
-    """Mean depth-attention weights [reader sublayer × source], one panel per AttnRes run (or
-    seed group, averaged over its seeds); baseline runs have none and are left out. Blank cells
-    are sources that do not exist yet at that depth."""
+    """Mean depth-attention weights, one panel per AttnRes run (or seed group, averaged over
+    its seeds); baseline runs have none and are left out. Blank cells are sources that do not
+    exist yet at that depth.
+
+    layout: ``interleaved`` (one row per reader sublayer in depth order, the output last) or
+    ``by-kind`` (the paper's Fig. 8: a Pre-Attn and a Pre-MLP panel per run, rows the consumer
+    layer, columns the source; the output op is not shown)."""
+    if layout not in HEATMAP_LAYOUTS:
+        raise AnalysisError(f"layout={layout!r} is not one of {', '.join(HEATMAP_LAYOUTS)}")
     all_names = list(as_runs(runs))
     kept = _attnres_runs(runs, "the depth heatmap")
     panels, notes = [], []
@@ -141,24 +159,101 @@ def depth_heatmap(
         w = _group_mean(weights).transpose("sublayer", "source")
         notes.append(w.attrs.get("steps", ""))
         title = s.label if not s.is_group else f"{s.label}: mean"
-        panels.append((title, w.assign_coords(sublayer=site_labels(w))))
+        if layout == "interleaved":
+            panels.append((title, w.assign_coords(sublayer=site_labels(w))))
+            continue
+        by_kind = depth_analysis.weights_by_kind(w)
+        for var, kind in (("pre_attn", "Pre-Attn"), ("pre_mlp", "Pre-MLP")):
+            p = by_kind[var].transpose("layer", "source")
+            panels.append(
+                (
+                    f"{title} · {kind}",
+                    p.assign_coords(layer=[f"L{int(v)}" for v in p["layer"].values]),
+                )
+            )
+    interleaved = layout == "interleaved"
     fig = heatmap_panels(
         panels,
         "source (embedding, then earlier sublayers or blocks)",
-        "reader (sublayer; last row: model output)",
-        {
-            "colorscale": "Viridis",
-            "cmin": 0,
-            "cmax": 1,
-            "colorbar": {"title": {"text": "weight"}, "thickness": 14, "len": min(1.0, 500 / 900)},
-        },
+        "reader (sublayer; last row: model output)" if interleaved else "consumer layer",
+        WEIGHT_COLOURS,
         "%{y} reads %{x}<br>weight %{z:.3f}",
+        max_cols=3 if interleaved else 2,
     )
     skipped = [n for n in all_names if n not in kept]
     sub = [window_note(notes)] + ([f"no depth weights: {', '.join(skipped)}"] if skipped else [])
-    title = "Depth attention: mean softmax weight of each source<br><sup>"
-    title += " · ".join(t for t in sub if t) + "</sup>"
+    what = "mean softmax weight of each source" + ("" if interleaved else ", by sublayer kind")
+    title = f"Depth attention: {what}<br><sup>" + " · ".join(t for t in sub if t) + "</sup>"
     return finish(fig, title, legend=False, height=fig.layout.height)
+
+
+def mass_received(
+    runs: Runs,
+    step: int | None = None,
+    fraction: float = DEFAULT_FRACTION,
+    seeds: str = "band",
+) -> go.Figure:
+    """Depth-attention mass each source receives (Σ over its readers of their mean weight) by
+    the source's depth (left; a seed group's mean with its seeds' band), and each source's
+    gradient norm against it (right, log-log, every run's points); the right panel's title
+    gives Spearman ρ of mass vs gradient. Block AttnRes's ``partial`` column mixes different
+    partial sums and is left out."""
+    kept = _attnres_runs(runs, "the mass-received figure")
+    series = run_series(kept, seeds)
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1)
+    rhos, notes = [], []
+    for s in series:
+        mass, points = {}, []
+        for lab, ds in s.members.items():
+            both = depth_analysis.mass_and_gradient(ds, step, fraction)
+            index = depth_analysis.source_sublayer(ds).values
+            names = [str(n) for n in both["source"].values]
+            # A source's depth: the embedding 0, a sublayer's update (or a block ending with
+            # it) the sublayer's position + 1; partial sums have none.
+            keep = [i for i, n in enumerate(names) if n == "emb" or index[i] >= 0]
+            depth = np.asarray([0 if names[i] == "emb" else index[i] + 1 for i in keep])
+            m = xr.DataArray(np.asarray(both["mass_received"].values, float)[keep], dims="d")
+            mass[lab] = m.assign_coords(d=depth)
+            grad = np.asarray(both["grad_norm"].values, dtype=float)[keep]
+            points.append((lab, m.values, grad, [plot_text(names[i]) for i in keep]))
+            rhos.append((lab, both.attrs["spearman"]))
+            notes.append(both.attrs.get("steps", ""))
+        first = next(iter(mass.values()))
+        labels = [
+            f"{lab} (depth {d})" for lab, d in zip(points[0][3], first["d"].values, strict=True)
+        ]
+        add_series_line(fig, s, mass, first["d"].values, labels, "mass received", "", row=1, col=1)
+        for lab, m, grad, names in points:
+            fig.add_trace(
+                go.Scatter(
+                    x=m,
+                    y=grad,
+                    mode="markers",
+                    name=s.label,
+                    legendgroup=s.label,
+                    showlegend=False,
+                    marker={"color": s.colour, "size": 7, "opacity": 0.85},
+                    customdata=names,
+                    hovertemplate=f"<b>{lab}</b> %{{customdata}}<br>mass received %{{x:.3f}}<br>"
+                    "gradient norm %{y:.4g}<extra></extra>",
+                ),
+                row=1,
+                col=2,
+            )
+    rho_text = ", ".join(f"{lab} {r:+.2f}" for lab, r in rhos if r == r) or "n/a"
+    fig = finish(
+        fig,
+        "Depth-attention mass received, beside each source's gradient"
+        f"<br><sup>{window_note(notes)} · Spearman ρ of mass vs gradient: {rho_text}</sup>",
+        None,
+        None,
+    )
+    fig.update_xaxes(title_text="source depth (0 = embedding)", row=1, col=1)
+    fig.update_yaxes(title_text="Σ over readers of the mean weight", row=1, col=1)
+    fig.update_xaxes(title_text="mass received", type="log", row=1, col=2)
+    fig.update_yaxes(title_text="‖∂loss/∂ source‖₂", type="log", row=1, col=2)
+    label_log_axes(fig)
+    return fig
 
 
 def depth_entropy(

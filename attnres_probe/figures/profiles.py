@@ -20,6 +20,7 @@ from attnres_probe.analysis import dilution as dilution_analysis
 from attnres_probe.analysis import gradients as gradient_analysis
 from attnres_probe.analysis.select import DEFAULT_FRACTION, snapshot
 from attnres_probe.figures.style import (
+    BAND_ALPHA,
     DASHES,
     Runs,
     Series,
@@ -69,9 +70,10 @@ def add_series_line(
     showlegend: bool = True,
     extra: Sequence[str] | None = None,
 ) -> None:
-    """One legend entry: a single run's line, or a seed group's mean line over its ± std band.
+    """One legend entry: a single run's line, or a seed group's mean line over a band from the
+    lowest to the highest of its seeds at each point.
 
-    The line trace carries ``meta={"table": name}`` and customdata [label, std, n, extra],
+    The line trace carries ``meta={"table": name}`` and customdata [label, min, max, n, extra],
     read back by :func:`attnres_probe.figures.figure_table`; ``extra`` is one more hover line
     per point.
     """
@@ -82,17 +84,11 @@ def add_series_line(
     n = stack.shape[0]
     with warnings.catch_warnings():  # all-NaN columns (absent sources) stay NaN quietly
         warnings.simplefilter("ignore", RuntimeWarning)
-        mean = np.nanmean(stack, axis=0) if n > 1 else stack[0]
-        std = np.nanstd(stack, axis=0, ddof=1) if n > 1 else np.full(stack.shape[1], np.nan)
+        mean = np.nanmean(stack, axis=0)
+        lo, hi = np.nanmin(stack, axis=0), np.nanmax(stack, axis=0)
     where = {"row": row, "col": col} if row is not None else {}
     if n > 1:
-        lower = mean - std
-        # On a log axis a band below zero cannot be drawn: it stops at the lowest seed instead.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            lowest = np.nanmin(stack, axis=0)
-        lower = np.where((lower <= 0) & (lowest > 0), lowest, lower)
-        for edge, fill in ((mean + std, None), (lower, "tonexty")):
+        for edge, fill in ((hi, None), (lo, "tonexty")):
             fig.add_trace(
                 go.Scatter(
                     x=x,
@@ -100,14 +96,14 @@ def add_series_line(
                     mode="lines",
                     line={"width": 0, "color": colour},
                     fill=fill,
-                    fillcolor=rgba(colour, 0.18),
+                    fillcolor=rgba(colour, BAND_ALPHA),
                     hoverinfo="skip",
                     showlegend=False,
                     legendgroup=name,
                 ),
                 **where,
             )
-    spread = " ± %{customdata[1]:.3g} (sd over %{customdata[2]} seeds)" if n > 1 else ""
+    spread = " (seeds %{customdata[1]:.3g} to %{customdata[2]:.3g})" if n > 1 else ""
     fig.add_trace(
         go.Scatter(
             x=x,
@@ -121,7 +117,8 @@ def add_series_line(
             customdata=np.stack(
                 [
                     np.asarray(labels, dtype=object),
-                    std,
+                    lo,
+                    hi,
                     np.full(len(labels), n),
                     np.asarray(extra if extra is not None else [""] * len(labels), dtype=object),
                 ],
@@ -129,7 +126,7 @@ def add_series_line(
             ),
             meta={"table": name},
             hovertemplate=f"<b>{name}</b><br>%{{customdata[0]}}<br>{y_label}: %{{y:.4g}}"
-            f"{spread}<br>{'%{customdata[3]}<br>' if extra is not None else ''}{note}"
+            f"{spread}<br>{'%{customdata[4]}<br>' if extra is not None else ''}{note}"
             "<extra></extra>",
         ),
         **where,
@@ -144,9 +141,11 @@ def depth_lines(
     steps: Sequence[int] | None = None,
     fraction: float = DEFAULT_FRACTION,
     seeds: str = "band",
+    describe: Callable[[xr.DataArray], str] | None = None,
 ) -> tuple[go.Figure, str]:
     """One line per run or seed group of a [step, depth] variable against depth (or one per
-    step in ``steps``, coloured along training); returns the figure and its window note."""
+    step in ``steps``, coloured along training); returns the figure and its window note.
+    ``describe(mean profile)`` adds a figure's headline number to each legend entry."""
     series = run_series(runs, "each" if steps else seeds)
     fig = go.Figure()
     longest, notes = [""], []
@@ -177,12 +176,18 @@ def depth_lines(
                     dash=DASHES[k % len(DASHES)],
                 )
             else:
-                add_series_line(fig, s, profiles, first[dim].values, labels, y_label, note)
+                name = s.label
+                if describe is not None:
+                    mean = first.copy(data=np.nanmean([p.values for p in profiles.values()], 0))
+                    name = f"{s.label} · {describe(mean)}"
+                add_series_line(
+                    fig, s, profiles, first[dim].values, labels, y_label, note, name=name
+                )
     integer_ticks(fig, len(longest), longest)
     return fig, "" if steps else window_note(notes)
 
 
-def _titled(title: str, note: str) -> str:
+def titled(title: str, note: str) -> str:
     return f"{title}<br><sup>{note}</sup>" if note else title
 
 
@@ -201,7 +206,7 @@ def dilution(
     )
     return finish(
         fig,
-        _titled("PreNorm dilution: stream RMS vs depth", note),
+        titled("PreNorm dilution: stream RMS vs depth", note),
         "sublayer (in depth order)",
         "stream RMS entering the sublayer",
         log_y,
@@ -221,7 +226,7 @@ def relative_update(
     )
     return finish(
         fig,
-        _titled("Relative update: how much each sublayer changes its input", note),
+        titled("Relative update: how much each sublayer changes its input", note),
         "sublayer (in depth order)",
         "update RMS / stream RMS",
         log_y=True,
@@ -241,7 +246,7 @@ def grad_depth(
     )
     return finish(
         fig,
-        _titled("Gradients across depth", note),
+        titled("Gradients across depth", note),
         "sublayer (in depth order)",
         "‖∂loss/∂output‖₂",
         log_y=True,

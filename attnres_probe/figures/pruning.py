@@ -44,6 +44,7 @@ def pruning(
     fraction: float = DEFAULT_FRACTION,
     granularity: str | None = None,
     seeds: str = "band",
+    removal: str | None = None,
 ) -> go.Figure:
     """Measured loss increase when each unit is removed (left; a seed group's mean with its
     std as error bar) against the cheap proxies recorded in training: 1 − cos_in_out (Block
@@ -52,14 +53,17 @@ def pruning(
     point. ``step`` is unused.
 
     granularity: layer, sublayer or block; None picks layer, or else the first granularity
-    the runs were pruned at."""
+    the runs were pruned at. removal: ``mask`` or ``zero``; None takes each run's default
+    (mask for AttnRes where stored, zero for a baseline)."""
     runs = as_runs(runs)
     if granularity is None:
         granularity = _stored_granularity(runs.values())
     compared = {}
     for name, ds in runs.items():
         try:
-            compared[name] = pruning_analysis.compare_with_proxies(ds, granularity, fraction)
+            compared[name] = pruning_analysis.compare_with_proxies(
+                ds, granularity, fraction, removal
+            )
         except AnalysisError:
             if len(runs) == 1:
                 raise
@@ -140,9 +144,10 @@ def pruning(
                     row=2,
                     col=col,
                 )
+    used = sorted({str(c.attrs["removal"]) for c in compared.values()})
     fig = finish(
         fig,
-        f"Pruning sensitivity by {granularity} (zero-ablation, held-out loss)"
+        f"Pruning sensitivity by {granularity} ({' and '.join(used)} removal, held-out loss)"
         f"<br><sup>named on the plot: the {LABELLED} costliest removals; hover for every unit"
         "</sup>",
         height=820 + 18 * len(series),
@@ -187,13 +192,14 @@ TOLERANCE = 0.01  # the demo's and the report's bound: 1 % of the intact held-ou
 
 def _path_increase(ds) -> tuple[np.ndarray, list[str]]:
     """Relative held-out loss increase along the stored greedy path, and the layer added at
-    each point."""
+    each point (what ``tools.prune_path.path`` reads; figures sit below the tools)."""
     if any(v not in ds.data_vars for v in PATH_VARIABLES):
         raise AnalysisError(
             f"run {run_name(ds)!r} has no greedy pruning path; the demo makes one, or "
             "attnres_probe.tools.prune_path.prune_path(RUN)"
         )
-    base = float(pruning_analysis.pruning_results(ds, "layer")["prune_base_loss"])
+    removal = str(ds["prune_path_loss"].attrs.get("removal", "zero"))
+    base = float(pruning_analysis.pruning_results(ds, "layer", removal)["prune_base_loss"])
     loss = np.asarray(ds["prune_path_loss"].values, dtype=float)
     return (loss - base) / base, [str(u) for u in ds["prune_path_unit"].values]
 

@@ -5,16 +5,14 @@ Colours follow the run, not the page: each residual kind has its own hue (baseli
 Full AttnRes green, Block AttnRes blue, any other model purple) and a run's shade comes from
 its training seed, so a run is drawn in the same colour wherever it appears. Runs that differ
 only in their seed (same kind, model and training recipe) form a *seed group*, drawn by default
-as the mean with a ± one-standard-deviation band (``seeds="band"``); ``seeds="each"`` draws
-every run on its own.
+as the mean with a band over the seeds' range, min to max (``seeds="band"``); ``seeds="each"``
+draws every run on its own.
 """
 
 from __future__ import annotations
 
 import html
-import json
 import math
-import re
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ import numpy as np
 import plotly.graph_objects as go
 import xarray as xr
 
+from attnres_probe.analysis.seeds import run_seed, seed_groups
 from attnres_probe.analysis.select import AnalysisError, run_name
 
 Runs = xr.Dataset | Mapping[str, xr.Dataset] | Sequence[xr.Dataset]
@@ -40,7 +39,6 @@ DASHES = ("solid", "dash", "dot", "dashdot")
 SEED_MODES = ("band", "each")
 BAND_ALPHA = 0.18
 FONT = {"family": "Helvetica, Arial, sans-serif", "size": 13, "color": "#1d2733"}
-SEED_SUFFIX = re.compile(r"[-_.]?s(?:eed)?(\d+)$")
 
 
 class Labelled(dict):
@@ -82,37 +80,10 @@ def plot_text(text: str) -> str:
 # ----------------------------------------------------------------------------- kinds, seeds
 
 
-def _attr_dict(ds: xr.Dataset, key: str) -> dict | None:
-    raw = ds.attrs.get(key)
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError:
-            return None
-    return dict(raw) if isinstance(raw, Mapping) else None
-
-
 def run_kind(ds: xr.Dataset) -> str:
     """'baseline', 'full', 'block' or 'other' (a model recorded through plain hooks)."""
     kind = str(ds.attrs.get("residual", ""))
     return kind if kind in KIND_ORDER else "other"
-
-
-def run_seed(ds: xr.Dataset) -> int | None:
-    """The training seed the run records (``train_config.seed``), or None."""
-    seed = (_attr_dict(ds, "train_config") or {}).get("seed")
-    return int(seed) if isinstance(seed, int | float) and math.isfinite(seed) else None
-
-
-def recipe(ds: xr.Dataset) -> str | None:
-    """What two runs must share to differ only in seed: kind, model config and training config
-    without the seed; None when the run does not record its training config."""
-    train = _attr_dict(ds, "train_config")
-    if train is None or "seed" not in train:
-        return None
-    train = {k: v for k, v in train.items() if k != "seed"}
-    model = _attr_dict(ds, "model_config") or {}
-    return json.dumps([run_kind(ds), model, train], sort_keys=True, default=str)
 
 
 def _shade_index(label: str, ds: xr.Dataset) -> int:
@@ -160,35 +131,29 @@ class Series:
         return len(self.members) > 1
 
 
-def group_label(labels: Sequence[str]) -> str:
-    """'baseline (3 seeds)' for baseline-s0 … baseline-s2; 'a +2 seeds' when names differ."""
-    stems = {SEED_SUFFIX.sub("", lab) for lab in labels}
-    if len(stems) == 1 and (stem := stems.pop()):
-        return f"{stem} ({len(labels)} seeds)"
-    return f"{labels[0]} +{len(labels) - 1} seeds"
-
-
 def run_series(runs: Runs, seeds: str = "band") -> list[Series]:
     """The runs as legend entries in kind order (baseline, full, block, others): with
-    ``seeds="band"`` runs that differ only in seed become one group; with ``"each"`` every run
-    is its own entry. Colours are :func:`run_colours`' (a group takes its first run's)."""
+    ``seeds="band"`` the runs that differ only in seed (:func:`analysis.seeds.seed_groups`)
+    become one entry, labelled with their number of seeds; with ``"each"`` every run is its
+    own entry. Colours are :func:`run_colours`' (a group takes its first seed's)."""
     if seeds not in SEED_MODES:
         raise AnalysisError(f"seeds={seeds!r} is not one of {', '.join(SEED_MODES)}")
     runs = as_runs(runs)
     colours = run_colours(runs)
-    groups: dict[object, list[str]] = {}
-    for label, ds in runs.items():
-        key = recipe(ds) if seeds == "band" else None
-        groups.setdefault(key if key is not None else ("run", label), []).append(label)
+    if seeds == "each":
+        groups = {label: [label] for label in runs}
+    else:  # a lone run keeps its (plot-safe) name; a group's label is made from attrs
+        groups = {
+            (label if len(names) == 1 else f"{plot_text(label)} ({len(names)} seeds)"): names
+            for label, names in seed_groups(runs).items()
+        }
     order = {k: i for i, k in enumerate((*KIND_ORDER, "other"))}
     series = []
-    for labels in groups.values():
-        members = {lab: runs[lab] for lab in labels}
-        members = dict(sorted(members.items(), key=lambda kv: (run_seed(kv[1]) or 0, kv[0])))
-        first = next(iter(members))
-        kind = run_kind(members[first])
-        label = group_label(list(members)) if len(members) > 1 else first
-        series.append(Series(label, members, colours[first], kind))
+    for label, names in groups.items():
+        names = sorted(names, key=lambda n: (run_seed(runs[n]) or 0, n))
+        members = {n: runs[n] for n in names}
+        kind = run_kind(members[names[0]])
+        series.append(Series(label, members, colours[names[0]], kind))
     series.sort(key=lambda s: order[s.kind])
     # Colours already tell runs apart; a dash only when a hue ran out of shades.
     seen: dict[str, int] = {}

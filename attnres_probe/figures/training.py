@@ -9,7 +9,7 @@ deviation over the steps their runs share.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,8 +23,10 @@ from attnres_probe.analysis.select import AnalysisError, require
 from attnres_probe.figures.depth import heatmap_panels
 from attnres_probe.figures.profiles import add_series_line
 from attnres_probe.figures.style import (
+    DASHES,
     Runs,
     Series,
+    as_runs,
     colourbar_ticks,
     finish,
     run_series,
@@ -34,15 +36,18 @@ from attnres_probe.figures.style import (
 
 @dataclass(frozen=True)
 class Measure:
-    """A scalar per recorded step: its label, unit, whether a log axis suits it, how to get it."""
+    """A scalar per recorded step: its label, unit, whether a log axis suits it, and how to
+    get it from a run, ``of(ds, window)`` -> [step] (``window``: the statistic of the mean
+    profile of each window of that many recorded steps; None: every step)."""
 
     label: str
     unit: str
-    of: Callable[[xr.Dataset], xr.DataArray]  # Dataset -> [step]
+    of: Callable[[xr.Dataset, int | None], xr.DataArray]
     log: bool = False
+    windowed: bool = False  # whether ``window`` is supported
 
 
-def _loss(ds: xr.Dataset) -> xr.DataArray:
+def _loss(ds: xr.Dataset, window: int | None = None) -> xr.DataArray:
     require(ds, "loss")
     return ds["loss"]
 
@@ -53,45 +58,77 @@ def _mean_over_depth(da: xr.DataArray) -> xr.DataArray:
         return da.mean("sublayer", skipna=True)
 
 
+def _growth(variable: str) -> Callable[[xr.Dataset, int | None], xr.DataArray]:
+    return lambda ds, window: dilution_analysis.growth_over_training(ds, variable, window)[
+        "exponent"
+    ]
+
+
+def _excess(variable: str) -> Callable[[xr.Dataset, int | None], xr.DataArray]:
+    return lambda ds, window: gradient_analysis.excess_over_training(ds, variable, window)
+
+
 MEASURES: dict[str, Measure] = {
     "loss": Measure("training loss", "nats/byte", _loss),
     "growth-exponent": Measure(
         "stream RMS growth exponent with depth",
         "slope of log RMS vs log depth",
-        lambda ds: dilution_analysis.growth_over_training(ds)["exponent"],
+        _growth("hidden_rms"),
+        windowed=True,
+    ),
+    "layer-growth-exponent": Measure(
+        "layer output growth exponent with depth",
+        "slope of log RMS vs log layer",
+        _growth("layer_output_rms"),
+        windowed=True,
+    ),
+    "early-excess": Measure(
+        "early-layer gradient excess (layer outputs)",
+        "first 10 % of layers / median",
+        _excess("layer_grad_norm"),
+        windowed=True,
+    ),
+    "param-early-excess": Measure(
+        "early-layer gradient excess (layer weights)",
+        "first 10 % of layers / median",
+        _excess("param_grad_norm"),
+        windowed=True,
     ),
     "last-first": Measure(
         "stream RMS last / first sublayer",
         "ratio",
-        lambda ds: dilution_analysis.growth_over_training(ds)["last_first_ratio"],
+        lambda ds, w: dilution_analysis.growth_over_training(ds, "hidden_rms", w)[
+            "last_first_ratio"
+        ],
         log=True,
+        windowed=True,
     ),
     "relative-update": Measure(
         "mean relative update over sublayers",
         "update RMS / stream RMS",
-        lambda ds: _mean_over_depth(dilution_analysis.relative_update(ds)),
+        lambda ds, w: _mean_over_depth(dilution_analysis.relative_update(ds)),
         log=True,
     ),
     "grad-cv": Measure(
         "gradient spread across sublayers (CV)",
         "std / mean",
-        lambda ds: gradient_analysis.gradient_spread(ds)["cv"],
+        lambda ds, w: gradient_analysis.gradient_spread(ds)["cv"],
     ),
     "grad-max-min": Measure(
         "gradient spread across sublayers (max/min)",
         "ratio",
-        lambda ds: gradient_analysis.gradient_spread(ds)["max_over_min"],
+        lambda ds, w: gradient_analysis.gradient_spread(ds)["max_over_min"],
         log=True,
     ),
     "param-grad-cv": Measure(
         "parameter-gradient spread across layers (CV)",
         "std / mean",
-        lambda ds: gradient_analysis.gradient_spread(ds, "param_grad_norm")["cv"],
+        lambda ds, w: gradient_analysis.gradient_spread(ds, "param_grad_norm")["cv"],
     ),
     "depth-entropy": Measure(
         "depth-attention entropy, mean over sublayers",
         "entropy / log(available sources)",
-        lambda ds: _mean_over_depth(depth_analysis.depth_entropy(ds)["normalised_entropy"]),
+        lambda ds, w: _mean_over_depth(depth_analysis.depth_entropy(ds)["normalised_entropy"]),
     ),
 }
 
@@ -107,38 +144,64 @@ def _shared_steps(series: Series, of: Callable[[xr.Dataset], xr.DataArray]) -> d
     return {lab: da.sel(step=keep) for lab, da in values.items()}
 
 
-def over_training(runs: Runs, measure: str = "growth-exponent", seeds: str = "band") -> go.Figure:
-    """``measure`` (a key of :data:`MEASURES`) at every recorded step, one line per run or seed
-    group (mean ± std over the steps the group's runs share). Runs without it are left out."""
-    if measure not in MEASURES:
-        raise AnalysisError(
-            f"measure {measure!r} does not exist; pick one of {', '.join(MEASURES)}"
-        )
-    m = MEASURES[measure]
+def over_training(
+    runs: Runs,
+    measure: str | Sequence[str] = "growth-exponent",
+    seeds: str = "band",
+    window: int | None = None,
+) -> go.Figure:
+    """``measure`` (a key of :data:`MEASURES`, or several: one dash each) at every recorded
+    step, or of each ``window`` of recorded steps, one line per run or seed group (mean with
+    the band of its seeds, over the steps they share). Runs without it are named and left out."""
+    names = [measure] if isinstance(measure, str) else list(measure)
+    for name in names:
+        if name not in MEASURES:
+            raise AnalysisError(
+                f"measure {name!r} does not exist; pick one of {', '.join(MEASURES)}"
+            )
+        if window is not None and not MEASURES[name].windowed:
+            raise AnalysisError(f"measure {name!r} has no windows; draw it without window=")
     fig = go.Figure()
-    skipped = []
+    skipped: dict[str, None] = {}
     for s in run_series(runs, seeds):
-        try:
-            values = _shared_steps(s, m.of)
-        except AnalysisError as err:
-            skipped.append((s.label, str(err)))
-            continue
-        first = next(iter(values.values()))
-        if first.sizes["step"] == 0:
-            skipped.append((s.label, "no steps shared by its seeds"))
-            continue
-        steps = first["step"].values
-        add_series_line(fig, s, values, steps, [f"step {int(x)}" for x in steps], m.label, m.unit)
+        for j, name in enumerate(names):
+            m = MEASURES[name]
+            try:
+                values = _shared_steps(s, lambda ds, m=m: m.of(ds, window))
+            except AnalysisError:
+                skipped[s.label] = None
+                continue
+            first = next(iter(values.values()))
+            if first.sizes["step"] == 0:
+                skipped[s.label] = None
+                continue
+            steps = first["step"].values
+            shown = s.label if len(names) == 1 else f"{s.label} · {m.label}"
+            add_series_line(
+                fig,
+                s,
+                values,
+                steps,
+                [f"step {int(x)}" for x in steps],
+                m.label,
+                m.unit,
+                name=shown,
+                dash=DASHES[j % len(DASHES)] if len(names) > 1 else None,
+            )
     if not fig.data:
-        reasons = "; ".join(f"{n}: {why}" for n, why in skipped)
-        raise AnalysisError(f"no run has {m.label}: {reasons}")
+        labels = ", ".join(MEASURES[n].label for n in names)
+        raise AnalysisError(f"none of {', '.join(as_runs(runs))} has {labels}")
     for trace in fig.data:
         trace.mode = "lines"
     steps = np.concatenate([np.asarray(t.x) for t in fig.data])
-    note = f"steps {int(steps.min())}–{int(steps.max())}, every recorded one"
+    note = f"steps {int(steps.min())}–{int(steps.max())}, " + (
+        f"windows of {window} recorded steps" if window else "every recorded one"
+    )
     if skipped:
-        note += f" · no value: {', '.join(n for n, _ in skipped)}"
-    title = f"{m.label[0].upper()}{m.label[1:]} over training<br><sup>{note}</sup>"
+        note += f" · no value: {', '.join(skipped)}"
+    m = MEASURES[names[0]]
+    title = m.label if len(names) == 1 else " and ".join(MEASURES[n].label for n in names)
+    title = f"{title[0].upper()}{title[1:]} over training<br><sup>{note}</sup>"
     return finish(fig, title, "optimiser step", m.unit, m.log)
 
 

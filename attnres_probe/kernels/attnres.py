@@ -31,7 +31,6 @@ def _attnres_fwd_kernel(
     out_ptr,
     w_ptr,
     wsum_ptr,
-    rsum_ptr,
     ent_ptr,
     N,
     M,
@@ -51,7 +50,6 @@ def _attnres_fwd_kernel(
     src_mask = src_idx < N
     q = tl.load(q_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
     wsum_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    rsum_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     ent_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
     for tile in range(pid, tl.cdiv(M, BLOCK_M), n_progs):
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -69,8 +67,6 @@ def _attnres_fwd_kernel(
             rms = tl.sqrt(tl.sum(v * v, axis=1) / D + eps)
             z = tl.sum(v * q[None, :], axis=1) / rms  # [BLOCK_M]
             logits = tl.where(src_idx[:, None] == i, z[None, :], logits)
-            if HAS_STATS:
-                rsum_acc += tl.where(src_idx == i, tl.sum(tl.where(row_mask, rms, 0.0)), 0.0)
             new_max = tl.maximum(run_max, z)
             scale = tl.exp(run_max - new_max)
             p = tl.exp(z - new_max)
@@ -92,7 +88,6 @@ def _attnres_fwd_kernel(
             ent_acc -= tl.sum(plogp, axis=0)
     if HAS_STATS:
         tl.atomic_add(wsum_ptr + src_idx, wsum_acc, mask=src_mask)
-        tl.atomic_add(rsum_ptr + src_idx, rsum_acc, mask=src_mask)
         tl.atomic_add(ent_ptr, tl.sum(ent_acc, axis=0))
 
 
@@ -177,13 +172,12 @@ def attnres_forward(
     query: torch.Tensor,
     eps: float,
     weight_sum: torch.Tensor | None = None,
-    source_rms_sum: torch.Tensor | None = None,
     entropy_sum: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """sources [N, M, D] contiguous, query [D] -> (out [M, D], weights [N, M] float32).
 
-    When the float32 slots weight_sum [N], source_rms_sum [N], entropy_sum [1] are given, they
-    receive Σ_tokens α_i, Σ_tokens r_i and Σ_tokens H(α).
+    When the float32 slots weight_sum [N] and entropy_sum [1] are given, they receive
+    Σ_tokens α_i and Σ_tokens H(α).
     """
     launch.check_launchable(sources, query)
     n, m, d = sources.shape
@@ -199,7 +193,6 @@ def attnres_forward(
         out,
         weights,
         weight_sum if has_stats else weights,
-        source_rms_sum if has_stats else weights,
         entropy_sum if has_stats else weights,
         n,
         m,
@@ -254,12 +247,10 @@ class AttnResFunction(torch.autograd.Function):
     """(sources [N, *, D], query [D]) -> (out [*, D], weights [N, *] float32)."""
 
     @staticmethod
-    def forward(ctx, sources, query, eps, weight_sum, source_rms_sum, entropy_sum):
+    def forward(ctx, sources, query, eps, weight_sum, entropy_sum):
         n, *token_shape, d = sources.shape
         src = sources.reshape(n, -1, d).contiguous()
-        out, weights = attnres_forward(
-            src, query.contiguous(), eps, weight_sum, source_rms_sum, entropy_sum
-        )
+        out, weights = attnres_forward(src, query.contiguous(), eps, weight_sum, entropy_sum)
         ctx.save_for_backward(src, query, weights)
         ctx.set_materialize_grads(False)
         ctx.eps = eps
@@ -280,4 +271,4 @@ class AttnResFunction(torch.autograd.Function):
             None if dweights is None else dweights.reshape(n, m).contiguous(),
             ctx.eps,
         )
-        return dsrc.view(ctx.shape), dq, None, None, None, None
+        return dsrc.view(ctx.shape), dq, None, None, None

@@ -8,8 +8,8 @@ representations b_i [D] serves all S queries q_s:
     r_i = sqrt(mean(b_i²) + eps)    z_si = q_s·b_i / r_i    lse_s = logsumexp_i z_si
     out_s = Σ_i exp(z_si − lse_s) b_i
 
-Besides (out, lse) it keeps the logits z [S, n, *] and the RMS values r [n, *]: phase 2 turns
-them into the per-block weights and statistics without reading the blocks again.
+Besides (out, lse) it returns the logits z [S, n, *]: phase 2 turns them into the per-block
+weights and statistics without reading the blocks again.
 
 Phase 2 (per sublayer): online-softmax merge with the intra-block partial sum p:
 
@@ -40,7 +40,6 @@ def _phase1_fwd_kernel(
     out_ptr,
     lse_ptr,
     logit_ptr,
-    rms_ptr,
     NB,
     S,
     M,
@@ -74,12 +73,10 @@ def _phase1_fwd_kernel(
         run_sum = tl.zeros([BLOCK_S, BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_S, BLOCK_M, BLOCK_D], dtype=tl.float32)
         blk_i = blk_ptr
-        rms_i = rms_ptr
         logit_i = logit_ptr
         for _ in range(NB):
             v = tl.load(blk_i + offs, mask=mask, other=0.0).to(tl.float32)  # [BLOCK_M, BLOCK_D]
             rms = tl.sqrt(tl.sum(v * v, axis=1) / D + eps)
-            tl.store(rms_i + rows, rms, mask=row_mask)
             z = tl.sum(queries[:, None, :] * v[None, :, :], axis=2) / rms[None, :]  # [S, M]
             tl.store(logit_i + logit_offs, z, mask=sm_mask)
             new_max = tl.maximum(run_max, z)
@@ -89,7 +86,6 @@ def _phase1_fwd_kernel(
             acc = acc * scale[:, :, None] + p[:, :, None] * v[None, :, :]
             run_max = new_max
             blk_i = blk_i + stride_n
-            rms_i = rms_i + M
             logit_i = logit_i + M
         out = acc / run_sum[:, :, None]
         out_offs = s_idx[:, None, None].to(tl.int64) * stride_n + offs[None, :, :]
@@ -201,14 +197,11 @@ def _phase2_fwd_kernel(
     p_ptr,
     q_ptr,
     zb_ptr,
-    rb_ptr,
     out_ptr,
     w_ptr,
     wsum_ptr,
-    rsum_ptr,
     ent_ptr,
     pwsum_ptr,
-    prsum_ptr,
     NB,
     M,
     D,
@@ -226,10 +219,8 @@ def _phase2_fwd_kernel(
     blk_idx = tl.arange(0, BLOCK_N)
     q = tl.load(q_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
     wsum_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    rsum_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     ent_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
     pw_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
-    pr_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
     for tile in range(pid, tl.cdiv(M, BLOCK_M), n_progs):
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         row_mask = rows < M
@@ -258,22 +249,18 @@ def _phase2_fwd_kernel(
         tl.store(w_ptr + nm_offs, weights, mask=(blk_idx <= NB)[:, None] & row_mask[None, :])
         if HAS_STATS:
             wsum_acc += tl.sum(block_w, axis=1)
-            rsum_acc += tl.sum(tl.load(rb_ptr + nm_offs, mask=valid, other=0.0), axis=1)
             log_w = tl.where(valid, z - lse[None, :], 0.0)
             ent = -tl.sum(tl.where(block_w > 0, block_w * log_w, 0.0), axis=0)
             if HAS_PARTIAL:
                 ent -= tl.where(p_weight > 0, p_weight * (p_logit - lse), 0.0)
                 pw_acc += tl.where(row_mask, p_weight, 0.0)
-                pr_acc += tl.where(row_mask, p_rms, 0.0)
             ent_acc += tl.where(row_mask, ent, 0.0)
     if HAS_STATS:
         blk_mask = blk_idx < NB
         tl.atomic_add(wsum_ptr + blk_idx, wsum_acc, mask=blk_mask)
-        tl.atomic_add(rsum_ptr + blk_idx, rsum_acc, mask=blk_mask)
         tl.atomic_add(ent_ptr, tl.sum(ent_acc, axis=0))
         if HAS_PARTIAL:
             tl.atomic_add(pwsum_ptr, tl.sum(pw_acc, axis=0))
-            tl.atomic_add(prsum_ptr, tl.sum(pr_acc, axis=0))
 
 
 @triton.jit
@@ -364,9 +351,9 @@ def _tiles(m: int, per_token: int, d: int, device: torch.device) -> tuple[int, i
 
 def phase1_forward(
     blocks: torch.Tensor, queries: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """blocks [n, M, D], queries [S, D] contiguous -> (out [S, M, D], lse [S, M],
-    logits [S, n, M], rms [n, M]); all but ``out`` float32."""
+    logits [S, n, M]); all but ``out`` float32."""
     launch.check_launchable(blocks, queries)
     nb, m, d = blocks.shape
     s = queries.shape[0]
@@ -378,12 +365,11 @@ def phase1_forward(
     out = launch.empty((s, m, d), blocks.dtype, dev)
     lse = launch.empty((s, m), torch.float32, dev)
     logits = launch.empty((s, nb, m), torch.float32, dev)
-    rms = launch.empty((nb, m), torch.float32, dev)
     _phase1_fwd_kernel[(g,)](
-        blocks, queries, out, lse, logits, rms, nb, s, m, d, m * d, eps,
+        blocks, queries, out, lse, logits, nb, s, m, d, m * d, eps,
         BLOCK_S=bs, BLOCK_M=bm, BLOCK_D=bd, num_warps=warps,
     )  # fmt: skip
-    return out, lse, logits, rms
+    return out, lse, logits
 
 
 def phase1_backward(
@@ -421,16 +407,15 @@ def phase2_forward(
     partial: torch.Tensor | None,
     query: torch.Tensor,
     block_logits: torch.Tensor,
-    block_rms: torch.Tensor | None,
     eps: float,
     stats: tuple[torch.Tensor, ...] | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """phase1_out [M, D], phase1_lse [M], partial [M, D] or None, query [D], block_logits and
-    block_rms [n, M] (one query's phase-1 logits, the blocks' RMS) -> (out [M, D] or None when
-    there is no partial sum, weights [n + 1, M] float32).
+    """phase1_out [M, D], phase1_lse [M], partial [M, D] or None, query [D], block_logits
+    [n, M] (one query's phase-1 logits) -> (out [M, D] or None when there is no partial sum,
+    weights [n + 1, M] float32).
 
-    stats: float32 slots (weight_sum [n], source_rms_sum [n], entropy_sum [1],
-    partial_weight_sum [1], partial_rms_sum [1]); the last two only with a partial sum.
+    stats: float32 slots (weight_sum [n], entropy_sum [1], partial_weight_sum [1]); the last
+    only with a partial sum.
     """
     launch.check_launchable(phase1_out, phase1_lse, partial, query, block_logits)
     m, d = phase1_out.shape
@@ -442,10 +427,9 @@ def phase2_forward(
     )
     weights = launch.empty((nb + 1, m), torch.float32, phase1_out.device)
     slots = list(stats) if stats is not None else []
-    slots += [weights] * (5 - len(slots))
+    slots += [weights] * (3 - len(slots))
     _phase2_fwd_kernel[(g,)](
         phase1_out, phase1_lse, partial if has_partial else phase1_out, query, block_logits,
-        block_rms if block_rms is not None else block_logits,
         out if has_partial else phase1_out, weights, *slots, nb, m, d, eps,
         HAS_PARTIAL=has_partial, HAS_STATS=stats is not None,
         BLOCK_N=triton.next_power_of_2(nb + 1), BLOCK_M=bm, BLOCK_D=bd, num_warps=warps,
@@ -495,8 +479,7 @@ def _matrix(t: torch.Tensor | None, cols: int) -> torch.Tensor | None:
 
 
 class BlockPhase1Function(torch.autograd.Function):
-    """(blocks [n, *, D], queries [S, D]) -> (out [S, *, D], lse [S, *], logits [S, n, *],
-    rms [n, *]); rms is not differentiable."""
+    """(blocks [n, *, D], queries [S, D]) -> (out [S, *, D], lse [S, *], logits [S, n, *])."""
 
     @staticmethod
     def forward(ctx, blocks, queries, eps):
@@ -504,21 +487,19 @@ class BlockPhase1Function(torch.autograd.Function):
         s = queries.shape[0]
         blk = blocks.reshape(nb, -1, d).contiguous()
         q = queries.contiguous()
-        out, lse, logits, rms = phase1_forward(blk, q, eps)
+        out, lse, logits = phase1_forward(blk, q, eps)
         ctx.save_for_backward(blk, q, logits, lse)
         ctx.set_materialize_grads(False)
-        ctx.mark_non_differentiable(rms)
         ctx.eps = eps
         ctx.shapes = (blocks.shape, queries.dtype)
         return (
             out.view(s, *token_shape, d),
             lse.view(s, *token_shape),
             logits.view(s, nb, *token_shape),
-            rms.view(nb, *token_shape),
         )
 
     @staticmethod
-    def backward(ctx, dout, dlse, dlogits, _drms):
+    def backward(ctx, dout, dlse, dlogits):
         blk, q, logits, lse = ctx.saved_tensors
         nb, m, d = blk.shape
         s = q.shape[0]
@@ -537,17 +518,16 @@ class BlockPhase1Function(torch.autograd.Function):
 
 class BlockPhase2Function(torch.autograd.Function):
     """Merge with a partial sum: (phase1_out [*, D], phase1_lse [*], partial [*, D], query [D],
-    block_logits [n, *], block_rms [n, *] or None) -> (out [*, D], weights [n + 1, *])."""
+    block_logits [n, *]) -> (out [*, D], weights [n + 1, *])."""
 
     @staticmethod
-    def forward(ctx, phase1_out, phase1_lse, partial, query, block_logits, block_rms, eps, stats):
+    def forward(ctx, phase1_out, phase1_lse, partial, query, block_logits, eps, stats):
         *token_shape, d = phase1_out.shape
         nb = block_logits.shape[0]
         o1, p = _matrix(phase1_out, d), _matrix(partial, d)
         lse1 = phase1_lse.reshape(-1).contiguous()
         zb = block_logits.reshape(nb, -1).contiguous()
-        rb = None if block_rms is None else block_rms.reshape(nb, -1).contiguous()
-        out, weights = phase2_forward(o1, lse1, p, query.contiguous(), zb, rb, eps, stats)
+        out, weights = phase2_forward(o1, lse1, p, query.contiguous(), zb, eps, stats)
         ctx.save_for_backward(o1, lse1, p, query, zb)
         ctx.set_materialize_grads(False)
         ctx.eps = eps
@@ -577,23 +557,21 @@ class BlockPhase2Function(torch.autograd.Function):
             None if dzb is None else dzb.view(logits_shape),
             None,
             None,
-            None,
         )
 
 
 class BlockWeightsFunction(torch.autograd.Function):
-    """First sublayer of a block (no partial sum): (phase1_lse [*], block_logits [n, *],
-    block_rms [n, *] or None) -> weights [n + 1, *] with a zero last row; out is phase1_out."""
+    """First sublayer of a block (no partial sum): (phase1_lse [*], block_logits [n, *])
+    -> weights [n + 1, *] with a zero last row; out is phase1_out."""
 
     @staticmethod
-    def forward(ctx, phase1_out, phase1_lse, block_logits, block_rms, eps, stats):
+    def forward(ctx, phase1_out, phase1_lse, block_logits, eps, stats):
         *token_shape, d = phase1_out.shape
         nb = block_logits.shape[0]
         lse1 = phase1_lse.reshape(-1).contiguous()
         zb = block_logits.reshape(nb, -1).contiguous()
-        rb = None if block_rms is None else block_rms.reshape(nb, -1).contiguous()
         _, weights = phase2_forward(
-            _matrix(phase1_out, d), lse1, None, lse1.new_zeros(d), zb, rb, eps, stats
+            _matrix(phase1_out, d), lse1, None, lse1.new_zeros(d), zb, eps, stats
         )
         ctx.save_for_backward(weights)
         ctx.shapes = (phase1_lse.shape, block_logits.shape)
@@ -606,4 +584,4 @@ class BlockWeightsFunction(torch.autograd.Function):
         nb = logits_shape[0]
         # weights_i = exp(z_i − lse): elementwise on [n, *], no pass over D.
         dz = weights[:nb] * dweights.reshape(nb + 1, -1)[:nb].float()
-        return None, -dz.sum(0).view(lse_shape), dz.view(logits_shape), None, None, None
+        return None, -dz.sum(0).view(lse_shape), dz.view(logits_shape), None, None

@@ -9,11 +9,10 @@ Statistics (``reference.NormStats``) are by-products: the forward kernel already
 row for the RMS, the backward kernel already holds ∂L/∂h; each program adds its partial sums into
 the float32 slots with one atomic add. Without slots the kernels are compiled without that code.
 
-Backward statistic Σ(∂L/∂h)² counts the whole gradient of the stream, from all its consumers.
-The add variant's backward kernel holds exactly that (the gradient of the returned h arrives
-with ∂L/∂y), so it reduces it in the same pass. The plain variant's backward sees only the part
-that flows through the norm (the embedding, say, also feeds the residual add), so its statistic
-is taken by :func:`sum_squares` in a hook on x, once autograd has summed x's gradient.
+Backward statistic Σ(∂L/∂h)² (add variant only) counts the whole gradient of the stream, from
+all its consumers: the backward kernel holds exactly that (the gradient of the returned h
+arrives with ∂L/∂y), so it reduces it in the same pass. The plain variant has none: its backward
+sees only the part of x's gradient that flows through the norm.
 """
 
 from __future__ import annotations
@@ -126,30 +125,6 @@ def _rms_norm_bwd_kernel(
         tl.atomic_add(grad_sq_ptr, tl.sum(gsq_acc, axis=0))
 
 
-@triton.jit
-def _sum_squares_kernel(x_ptr, out_ptr, M, D, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid = tl.program_id(0)
-    n_progs = tl.num_programs(0)
-    cols = tl.arange(0, BLOCK_D)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for tile in range(pid, tl.cdiv(M, BLOCK_M), n_progs):
-        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-        mask = (rows < M)[:, None] & (cols < D)[None, :]
-        x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * D + cols[None, :], mask=mask, other=0.0)
-        x = x.to(tl.float32)
-        acc += x * x
-    tl.atomic_add(out_ptr, tl.sum(tl.sum(acc, axis=1), axis=0))
-
-
-def sum_squares(x: torch.Tensor, out: torch.Tensor) -> None:
-    """out [1] float32 += Σ x² over every element of x [*, D] (no host sync)."""
-    launch.check_launchable(x, out)
-    x2 = launch.rows(x)
-    m, d = x2.shape
-    bd, bm, g, warps = _tiles(m, d, x.device)
-    _sum_squares_kernel[(g,)](x2, out, m, d, BLOCK_M=bm, BLOCK_D=bd, num_warps=warps)
-
-
 def _tiles(m: int, d: int, device: torch.device) -> tuple[int, int, int, int]:
     bd = launch.block_d(d)
     bm = launch.block_m(bd)
@@ -260,16 +235,9 @@ class RMSNormFunction(torch.autograd.Function):
 
 
 def rms_norm(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    eps: float,
-    sq: torch.Tensor | None = None,
-    grad_sq: torch.Tensor | None = None,
+    x: torch.Tensor, weight: torch.Tensor, eps: float, sq: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """x [*, D], weight [D] -> rms_norm(x) · weight; sq += Σx², and grad_sq += Σ(∂L/∂x)² once
-    x's whole gradient is known."""
-    if grad_sq is not None and x.requires_grad:
-        x.register_hook(lambda g: sum_squares(g, grad_sq))
+    """x [*, D], weight [D] -> rms_norm(x) · weight; sq [1] float32 += Σx² when given."""
     return RMSNormFunction.apply(x, weight, eps, sq)
 
 

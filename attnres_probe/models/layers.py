@@ -19,14 +19,14 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.site = site
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.rms_norm(x, self.weight, self.eps, site=self.site)
+    def forward(self, x: torch.Tensor, rec: ops.Recording | None = None) -> torch.Tensor:
+        return ops.rms_norm(x, self.weight, self.eps, rec, self.site)
 
     def add_forward(
-        self, x: torch.Tensor, update: torch.Tensor
+        self, x: torch.Tensor, update: torch.Tensor, rec: ops.Recording | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Fused ``h = x + update`` then norm: returns (norm(h), h)."""
-        return ops.add_rms_norm(x, update, self.weight, self.eps, site=self.site)
+        return ops.add_rms_norm(x, update, self.weight, self.eps, rec, self.site)
 
 
 def rope_tables(head_dim: int, max_seq_len: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,12 +11,16 @@ A run is a directory (local, or any fsspec URL)::
 Write with :class:`RunWriter` (buffered, whole chunks, commit marker after the data), read
 with :func:`open_run` (a consistent prefix of complete steps, also while a run is written),
 list with :func:`list_runs`, mend a crashed writer's leftovers with :func:`repair`. Exactly
-one process writes a run (zarr has no locking): under DDP, rank 0.
+one process writes a run: under DDP, rank 0; :func:`live_writer` says who writes it now, and
+a second writer is refused. Replacing a recording (``RunWriter`` mode 'w') is atomic for
+readers on a local disk; :func:`move_run_aside` clears a run's folder for a new run.
 """
 
 from attnres_probe.store.catalog import RunInfo, list_runs, run_info
+from attnres_probe.store.header import live_writer
 from attnres_probe.store.reader import open_run, run_config, store_version
 from attnres_probe.store.repair import RepairReport, repair
+from attnres_probe.store.replace import move_run_aside
 from attnres_probe.store.schema import (
     SCHEMA_VARIABLES,
     SCHEMA_VERSION,
@@ -41,6 +45,8 @@ __all__ = [
     "RunWriter",
     "chunk_length",
     "list_runs",
+    "live_writer",
+    "move_run_aside",
     "open_run",
     "repair",
     "run_config",

@@ -16,11 +16,13 @@ from typing import Any
 
 import zarr
 
-from attnres_probe.store.location import Location
+from attnres_probe.store.location import Location, locate
 from attnres_probe.store.schema import (
     LIVE_WINDOW_S,
+    MAX_STEPS,
     SCHEMA_VERSION,
     WRITER_KEY,
+    RunStoreError,
     run_error,
 )
 
@@ -77,10 +79,12 @@ def read_header(loc: Location, raw: bytes | None = None) -> dict[str, Any]:
             f"(this one reads up to {SCHEMA_VERSION})",
             "upgrade attnres-probe to read it",
         )
-    if not _count(attrs.get("n_steps")):
+    n_steps = attrs.get("n_steps")
+    if not _count(n_steps) or n_steps > MAX_STEPS:
+        why = "is not a step count" if not _count(n_steps) else f"is over {MAX_STEPS:.0e} steps"
         raise run_error(
             loc.shown,
-            f"its commit marker n_steps={attrs.get('n_steps')!r} is not a step count",
+            f"its commit marker n_steps={n_steps!r} {why}",
             "the root zarr.json is damaged and the recording cannot be trusted; record it again",
         )
     return attrs
@@ -136,6 +140,23 @@ def refuse_live(loc: Location, attrs: Mapping[str, Any], doing: str) -> None:
             f"so {doing} now would break it",
             "stop that writer first, or wait until it finishes",
         )
+
+
+def live_writer(path: Any, storage_options: Mapping[str, Any] | None = None) -> dict | None:
+    """The writer holding the run at ``path`` now — ``{"host", "pid", "started"}`` — or None
+    when no writer is alive (a finished or interrupted run, or no readable run at all).
+
+    A writer on this host counts while its process runs; one on another host while it has
+    committed within the last two minutes."""
+    try:
+        loc = locate(path, storage_options)
+        attrs = read_header(loc)
+    except RunStoreError:
+        return None
+    if not writer_alive(loc, attrs):
+        return None
+    writer = attrs.get(WRITER_KEY)
+    return dict(writer) if isinstance(writer, dict) else {}
 
 
 def open_group(loc: Location, mode: str):

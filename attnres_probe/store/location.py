@@ -139,6 +139,17 @@ class Location:
                 return float(value.timestamp())
         return None
 
+    def identity(self) -> tuple[int, int] | None:
+        """Which folder holds the store now, as (device, inode): replacing the recording
+        changes it. None for fsspec stores, or when the store is missing."""
+        if self.fs is not None:
+            return None
+        try:
+            st = os.stat(self.store)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
     def zarr_store(self, read_only: bool):
         """A zarr store object for the run's store."""
         if self.fs is None:

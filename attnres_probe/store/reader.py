@@ -42,6 +42,14 @@ if TYPE_CHECKING:
 
 MAX_CHUNKS = 200_000  # more chunks than this in one array means its metadata is damaged
 MAX_ELEMENTS = 2**31
+REREADS = 3  # tries to read a run whose recording is being replaced
+
+
+def warn_dropped(shown: str, notes: list[str], stacklevel: int) -> None:
+    """The RunStoreWarning of a partial read; its ``notes`` attribute lists what was lost."""
+    warning = RunStoreWarning(f"run {shown} was read in part: {'; '.join(notes)}")
+    warning.notes = tuple(notes)
+    warnings.warn(warning, stacklevel=stacklevel + 1)
 
 
 # ----------------------------------------------------------------------------- chunks
@@ -149,8 +157,9 @@ def _direct(loc: Location, arr) -> bool:
 _LAZY_CLASS: type | None = None
 
 
-def _lazy(loc: Location, arr, rows: int, name: str):
-    """A lazily indexed view of ``arr[:rows]``: only the selected rows are ever read."""
+def _lazy(loc: Location, arr, rows: int, name: str, identity):
+    """A lazily indexed view of ``arr[:rows]``: only the selected rows are ever read, and only
+    from the recording opened (``identity``, see :meth:`Location.identity`)."""
     global _LAZY_CLASS
     from xarray.backends import BackendArray
     from xarray.core import indexing
@@ -158,8 +167,8 @@ def _lazy(loc: Location, arr, rows: int, name: str):
     if _LAZY_CLASS is None:
 
         class LazyStepArray(BackendArray):
-            def __init__(self, loc, array, rows, name):
-                self.loc, self.array, self.name = loc, array, name
+            def __init__(self, loc, array, rows, name, identity):
+                self.loc, self.array, self.name, self.identity = loc, array, name, identity
                 self.shape = (rows, *array.shape[1:])
                 self.dtype = np.dtype(array.dtype)
                 self.direct = _direct(loc, array)
@@ -171,6 +180,22 @@ def _lazy(loc: Location, arr, rows: int, name: str):
                 )
 
             def _raw(self, key):
+                self._same_recording()
+                try:
+                    values = self._read(key)
+                finally:  # replaced while it was read: the values (or the error) may be mixed
+                    self._same_recording()
+                return values
+
+            def _same_recording(self):
+                if self.loc.identity() != self.identity:
+                    raise run_error(
+                        self.loc.shown,
+                        "its recording was replaced after it was opened",
+                        "open it again",
+                    )
+
+            def _read(self, key):
                 if self.direct:
                     return self._rows(key)
                 try:
@@ -193,14 +218,13 @@ def _lazy(loc: Location, arr, rows: int, name: str):
                         self.loc, self.name, self.array, lo, hi, notes, note_missing=True
                     )
                     if notes:
-                        message = f"run {self.loc.shown} was read in part: {'; '.join(notes)}"
-                        warnings.warn(message, RunStoreWarning, stacklevel=2)
+                        warn_dropped(self.loc.shown, notes, stacklevel=2)
                     if not (rows.ndim == 1 and rows.size == hi - lo and rows[0] == lo):
                         block = block[rows - lo]  # not a plain run of rows
                 return block[key[1:]] if rows.ndim == 0 else block[(slice(None), *key[1:])]
 
         _LAZY_CLASS = LazyStepArray
-    return indexing.LazilyIndexedArray(_LAZY_CLASS(loc, arr, rows, name))
+    return indexing.LazilyIndexedArray(_LAZY_CLASS(loc, arr, rows, name, identity))
 
 
 # ----------------------------------------------------------------------------- variables
@@ -231,6 +255,21 @@ def _step_coordinate(loc: Location, arr, dims, n: int, notes: list[str]):
         if cut < n:
             notes.append(f"steps {cut}–{n - 1}: dropped, the step coordinate is damaged there")
         n = cut
+    steps = steps[:n]
+    # Labels are written from 0, strictly increasing; the fill value -1 marks a row never
+    # written (a commit marker counting more steps than were recorded).
+    wrong = np.flatnonzero((steps < 0) | np.r_[False, np.diff(steps) <= 0])
+    if wrong.size:
+        cut = int(wrong[0])
+        if steps[cut] < 0:
+            why = f"the commit marker n_steps={n} counts steps that were never written"
+        else:
+            why = (
+                f"the step coordinate is not strictly increasing there (step {steps[cut]} "
+                f"after step {steps[cut - 1]})"
+            )
+        notes.append(f"steps {cut}–{n - 1}: dropped, {why}")
+        n = cut
     return steps[:n], n
 
 
@@ -242,9 +281,12 @@ def _is_lazy(lazy, name: str, nbytes: int) -> bool:
     return name in lazy
 
 
-def _variable(loc: Location, name: str, arr, dims, n: int, lazy, notes: list[str], creating: bool):
+def _variable(
+    loc: Location, name: str, arr, dims, n: int, lazy, notes: list[str], creating: bool, identity
+):
     """One stored array as an xarray Variable (step arrays cut to ``n``); None if unusable.
-    ``creating``: the writer is still creating the store, so a chunk may not be there yet."""
+    ``creating``: the writer is still creating the store, so a chunk may not be there yet;
+    ``identity``: the recording being read (lazy variables read only from it)."""
     import xarray as xr
 
     per_step = dims[:1] == (STEP,)
@@ -263,7 +305,7 @@ def _variable(loc: Location, name: str, arr, dims, n: int, lazy, notes: list[str
             notes.append(f"{name}: chunk(s) missing at step index {spans}, read as NaN")
         nbytes = math.prod(extent) * np.dtype(arr.dtype).itemsize
         if per_step and _is_lazy(lazy, name, nbytes):
-            values = _lazy(loc, arr, rows, name)
+            values = _lazy(loc, arr, rows, name, identity)
         elif per_step and _direct(loc, arr):
             values = _read_direct(loc, name, arr, 0, rows, notes)
         else:
@@ -315,7 +357,8 @@ def metadata_problem(loc: Location, name: str, err: Exception) -> str:
     return f"its zarr.json is not usable array metadata ({type(err).__name__}: {detail})"
 
 
-def _read(loc: Location, lazy) -> xr.Dataset:
+def _read(loc: Location, lazy, identity) -> tuple[xr.Dataset, list[str]]:
+    """The Dataset and the notes on what a partial read left out."""
     header = read_header(loc)
     n = header["n_steps"]
     # A writer creates its arrays before the first commit: until then (or when it died
@@ -351,7 +394,7 @@ def _read(loc: Location, lazy) -> xr.Dataset:
     # Arrays are read side by side: file reads, checksums and copies release the GIL.
     with ThreadPoolExecutor(max_workers=4) as pool:
         futures = {
-            name: pool.submit(_variable, loc, name, arr, dims, n, lazy, notes, creating)
+            name: pool.submit(_variable, loc, name, arr, dims, n, lazy, notes, creating, identity)
             for name, (arr, dims) in arrays.items()
         }
     coords, data_vars = {}, {}
@@ -367,9 +410,10 @@ def _read(loc: Location, lazy) -> xr.Dataset:
     attrs["status"] = effective_status(loc, header)
     ds = _dataset(data_vars, coords, attrs, notes)
     ds.attrs["n_steps"] = n
+    notes.sort()
     if notes:
-        ds.attrs["dropped"] = "; ".join(sorted(notes))
-    return ds
+        ds.attrs["dropped"] = "; ".join(notes)
+    return ds, notes
 
 
 # ----------------------------------------------------------------------------- public
@@ -401,19 +445,30 @@ def open_run(
         from attnres_probe.store.repair import repair as repair_store
 
         repair_store(path, storage_options=storage_options)
-    try:
-        ds = _read(loc, lazy)
-    except RunStoreError:
-        raise
-    except Exception as err:  # noqa: BLE001 - never a raw traceback from deep inside zarr
+    for _ in range(REREADS):
+        identity = loc.identity()
+        try:
+            ds, notes = _read(loc, lazy, identity)
+        except RunStoreError:
+            if loc.identity() == identity:
+                raise
+            continue  # replaced while read: the error may come from the mix
+        except Exception as err:  # noqa: BLE001 - never a raw traceback from deep inside zarr
+            if loc.identity() != identity:
+                continue
+            raise run_error(
+                loc.shown,
+                f"reading failed ({type(err).__name__}: {err})",
+                "try `attnres-probe info --repair RUN`; if that does not help the store is damaged",
+            ) from err
+        if loc.identity() == identity:  # not replaced while read: one recording, not a mix
+            break
+    else:
         raise run_error(
-            loc.shown,
-            f"reading failed ({type(err).__name__}: {err})",
-            "try `attnres-probe info --repair RUN`; if that does not help the store is damaged",
-        ) from err
-    if "dropped" in ds.attrs:
-        message = f"run {loc.shown} was read in part: {ds.attrs['dropped']}"
-        warnings.warn(message, RunStoreWarning, stacklevel=2)
+            loc.shown, f"its recording was replaced {REREADS} times while read", "open it again"
+        )
+    if notes:
+        warn_dropped(loc.shown, notes, stacklevel=2)
     return ds
 
 

@@ -11,9 +11,9 @@ from typing import Any
 import zarr
 
 from attnres_probe.store.header import open_group, read_header, refuse_live
-from attnres_probe.store.location import locate
+from attnres_probe.store.location import Location, locate
 from attnres_probe.store.reader import describe_spans, metadata_problem, missing_rows
-from attnres_probe.store.schema import STEP, WRITER_KEY, RunStoreError, dims_of
+from attnres_probe.store.schema import STEP, WRITER_KEY, RunStoreError, dims_of, run_error
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,22 @@ def repair(
     commit marker (pad a shorter one with NaN), delete leftover ``*.partial`` temp files, and
     mark a 'running' run whose writer is gone 'interrupted'.
 
-    Refuses (RunStoreError) while the run's writer is alive, unless ``force``.
+    Refuses (RunStoreError) while the run's writer is alive, unless ``force``, and with
+    RunStoreError when the run cannot be written (e.g. read-only storage).
     """
     loc = locate(path, storage_options)
+    try:
+        return _repair(loc, force)
+    except OSError as err:
+        raise run_error(
+            loc.shown,
+            f"repairing it failed ({err.strerror or err})",
+            "copy it somewhere writable to repair it, or open it without repair "
+            "(reading needs none)",
+        ) from err
+
+
+def _repair(loc: Location, force: bool) -> RepairReport:
     header = read_header(loc)
     if not force:
         refuse_live(loc, header, "repairing it")

@@ -14,12 +14,14 @@ STORE_NAME = "recording.zarr"
 STEP = "step"
 ROLE_KEY = "store_role"  # array attribute: "coordinate" or "variable"
 WRITER_KEY = "writer"  # root attribute: the process holding the run open for writing
+RECORDING_KEY = "recording_id"  # root attribute: a new id for each recording made at a path
 HIDDEN_ATTRS = (WRITER_KEY, "static_revision")  # root attributes not shown in ds.attrs
 CHUNK_TARGET_STEPS = 256
 # Chunk files named c.I.J side by side in the array's folder: one listing finds them all.
 CHUNK_KEYS = {"name": "default", "separator": "."}
 CHUNK_MAX_BYTES = 16 * 2**20
 LAZY_BYTES = 128 * 2**20  # open_run's default: larger per-step variables are read on access
+MAX_STEPS = 10**12  # a commit marker counting more steps than this is damaged
 LIVE_WINDOW_S = 120.0  # a 'running' run written from another host counts as live this long
 
 RESIDUALS = ("baseline", "full", "block")  # residual kinds; any other decoder records as baseline

@@ -11,9 +11,12 @@ every committed flush readable. On a local disk the chunk files are written dire
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import operator
 import sys
+import uuid
 import warnings
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -31,10 +34,12 @@ from attnres_probe.store.header import (
     writer_identity,
 )
 from attnres_probe.store.location import Location
+from attnres_probe.store.replace import beside, claim, clear_leftovers, discard, put_in_place
 from attnres_probe.store.schema import (
     CHUNK_KEYS,
     CHUNK_MAX_BYTES,
     CHUNK_TARGET_STEPS,
+    RECORDING_KEY,
     ROLE_KEY,
     SCHEMA_VERSION,
     STEP,
@@ -83,12 +88,15 @@ class RunWriter:
     coords: {name: values} for a dimension coordinate, {name: (dim, values)} for one along
     another dim (``"kind": ("sublayer", [...])``); :func:`schema_coords` builds the schema's.
     attrs: root attributes (model_config, residual, n_layers, run_name, ...); the writer sets
-    schema_version, status and n_steps, and versions / run_name when not given.
-    mode: "w" replaces an existing recording, "w-" refuses to, "a" resumes after the last
-    committed step (same variables). storage_options: for fsspec URLs.
+    schema_version, status, n_steps and recording_id (new for each recording made), and
+    versions / run_name when not given.
+    mode: "w" replaces an existing recording (on a local disk atomically for readers: the new
+    one is built beside it and swapped in, see :mod:`replace`), "w-" refuses to, "a" resumes
+    after the last committed step (same variables). storage_options: for fsspec URLs.
 
-    Values are stored as float32; a variable missing from a step is NaN; NaN/Inf are kept.
-    One process writes a run; a second writer on a live run is refused.
+    Steps are integers from 0, strictly increasing. Values are stored as float32; a variable
+    missing from a step is NaN; NaN/Inf are kept. One process writes a run; a second writer on
+    a live run is refused, also when both are created at the same instant.
     """
 
     def __init__(
@@ -118,16 +126,17 @@ class RunWriter:
         )
         self.chunk_steps = chunk_steps or chunk_length(flush_every, 4 * widest)
         self._closed = False
-        exists = self._loc.exists(self._loc.key("zarr.json"))
-        if exists and mode == "w-":
-            raise run_error(
-                self._loc.shown, "it already has a recording", "pick a new path or mode='w'"
-            )
+        self._last_step: int | None = None  # the last step appended (buffered or committed)
         self._pool = ThreadPoolExecutor(max_workers=min(16, len(self._variables) + 1))
-        if mode == "a" and exists:
-            self._resume()
-        else:
-            self._create(exists)
+        # On a local disk one writer at a time checks the run and puts its recording in
+        # place; elsewhere there are no locks (one process writes a run, as documented).
+        lock = claim(self._loc) if self._loc.fs is None else contextlib.nullcontext()
+        try:
+            with lock:
+                self._open(mode)
+        except BaseException:
+            self._pool.shutdown(wait=False)
+            raise
 
     # -- set-up
 
@@ -157,7 +166,28 @@ class RunWriter:
                     )
         return sizes
 
+    def _open(self, mode: str) -> None:
+        """Create, replace or resume the recording (under the creation lock on a local disk)."""
+        exists = self._loc.exists(self._loc.key("zarr.json"))
+        if exists and mode == "w-":
+            raise run_error(
+                self._loc.shown, "it already has a recording", "pick a new path or mode='w'"
+            )
+        if mode == "a" and exists:
+            self._resume()
+        else:
+            self._create(exists)
+
+    def _cannot_create(self, err: Exception) -> RunStoreError:
+        return run_error(
+            self._loc.shown,
+            f"cannot create its store ({type(err).__name__}: {err})",
+            "check the path is writable",
+        )
+
     def _create(self, exists: bool) -> None:
+        """A new recording; on a local disk built beside the store and put in place whole, so
+        a reader never sees it half-made nor mixed with the recording it replaces."""
         loc = self._loc
         if exists:
             try:
@@ -169,25 +199,46 @@ class RunWriter:
         run_name = named.rstrip("/").rsplit("/", 1)[-1].removesuffix(".zarr")
         attrs = {"run_name": run_name, "versions": _versions(), **self._attrs}
         attrs.update(schema_version=SCHEMA_VERSION, status="running", n_steps=0)
+        attrs[RECORDING_KEY] = uuid.uuid4().hex
         attrs[WRITER_KEY] = writer_identity()
         self._attrs = attrs
-        try:  # the root metadata is written once, attributes included: never seen without them
-            store = loc.zarr_store(read_only=False)
-            self._group = zarr.open_group(store, mode="w", zarr_format=3, attributes=dict(attrs))
+        if loc.fs is not None:
+            self._build(loc)
+        else:
+            clear_leftovers(loc)
+            built = beside(loc, "new")
+            try:
+                self._build(loc.bare(built))
+                put_in_place(built, loc.store)
+            except BaseException as err:
+                discard(built)
+                if isinstance(err, OSError):
+                    raise self._cannot_create(err) from err
+                raise
+            self._group = open_group(loc, "r+")
+            self._arrays = {
+                name: self._group[name].with_config({"write_empty_chunks": True})
+                for name in self._arrays
+            }
+        self._n = self._capacity = self._chunk_start = 0
+        self._direct = all(chunkfile.plain_layout(loc, a) for a in self._arrays.values())
+        self._reset_buffers()
+
+    def _build(self, where: Location) -> None:
+        """The root group (attributes included: never seen without them), the coordinates and
+        the empty step arrays, at ``where``."""
+        try:
+            store = where.zarr_store(read_only=False)
+            self._group = zarr.open_group(
+                store, mode="w", zarr_format=3, attributes=dict(self._attrs)
+            )
         except Exception as err:  # noqa: BLE001 - any filesystem's failure, one clear error
-            raise run_error(
-                loc.shown,
-                f"cannot create its store ({type(err).__name__}: {err})",
-                "check the path is writable",
-            ) from err
+            raise self._cannot_create(err) from err
         for name, (dims, data) in self._coords.items():
             write_whole(self._group, name, data, dims, {ROLE_KEY: "coordinate"})
         self._arrays = {STEP: self._step_array(STEP, (STEP,), np.int64, -1, "coordinate")}
         for name, dims in self._variables.items():
             self._arrays[name] = self._step_array(name, dims, np.float32, np.nan, "variable")
-        self._n = self._capacity = self._chunk_start = 0
-        self._direct = all(chunkfile.plain_layout(loc, a) for a in self._arrays.values())
-        self._reset_buffers()
 
     def _step_array(self, name: str, dims, dtype, fill, array_role: str):
         shape = tuple(self._sizes[d] for d in dims[1:])
@@ -254,8 +305,11 @@ class RunWriter:
         if self._filled:
             for name, arr in self._arrays.items():
                 self._buffers[name][: self._filled] = arr[self._chunk_start : self._n]
+        if self._n:
+            self._last_step = int(self._arrays[STEP][self._n - 1])
+        kept = {k: attrs[k] for k in (RECORDING_KEY,) if k in attrs}  # still the same recording
         attrs.update(self._attrs)
-        attrs.update(status="running")
+        attrs.update(status="running", **kept)
         attrs[WRITER_KEY] = writer_identity()
         self._attrs = attrs
         self._group.attrs.put(dict(attrs))
@@ -290,6 +344,7 @@ class RunWriter:
         """
         if self._closed:
             raise run_error(self._loc.shown, "append() after close()", "open a new RunWriter")
+        step = self._check_step(step)
         if self._filled == self.chunk_steps:  # a full chunk whose flush failed: retry first
             self._since_try += 1
             if self._since_try < self.flush_every:
@@ -319,11 +374,34 @@ class RunWriter:
         for target, value in checked:
             target[row] = value
         self._buffers[STEP][row] = step
+        self._last_step = step
         self._filled += 1
         self._pending += 1
         self._since_try += 1
         if self._since_try >= self.flush_every or self._filled == self.chunk_steps:
             self.flush()
+
+    def _check_step(self, step: Any) -> int:
+        """``step`` as an int when it is a step number after the last one appended."""
+        try:
+            if isinstance(step, bool):
+                raise TypeError
+            step = operator.index(step)
+        except TypeError:
+            raise run_error(
+                self._loc.shown, f"step {step!r} is not an integer", "pass the step number"
+            ) from None
+        if step < 0:
+            raise run_error(self._loc.shown, f"step {step} is negative", "count steps from 0")
+        if step > np.iinfo(np.int64).max:
+            raise run_error(self._loc.shown, f"step {step} is too large", "store steps < 2**63")
+        if self._last_step is not None and step <= self._last_step:
+            raise run_error(
+                self._loc.shown,
+                f"step {step} does not follow step {self._last_step}, the last one appended",
+                "append each step once, in increasing order",
+            )
+        return step
 
     def flush(self) -> None:
         """Write the buffered steps (the current chunk of every array), then commit them."""

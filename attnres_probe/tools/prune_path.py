@@ -3,9 +3,11 @@
 Single-layer pruning (``analysis.pruning``) says what removing one layer costs. Removing
 several costs more than the sum of their single costs or less, so the number of layers a model
 can *lose together* is measured directly: rank the layers by their single-removal loss
-increase (cheapest first), then zero-ablate the first k of that ranking together for
-k = 1 … n_layers on the same held-out batches and record the loss. The path lives in the run
-store as static variables on dim ``n_removed``:
+increase (cheapest first), then remove the first k of that ranking together for
+k = 1 … n_layers on the same held-out batches and record the loss. Removal is the run's
+default (``mask`` for AttnRes, ``zero`` for a baseline; see ``analysis.pruning``), and the
+ranking comes from the single-layer results of the same removal. The path lives in the run
+store as static variables on dim ``n_removed`` (attribute ``removal`` says which):
 
 - ``prune_path_unit`` [n_removed]: the layer added to the removed set at that point;
 - ``prune_path_loss`` [n_removed]: held-out loss with the first ``n_removed`` layers removed.
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from attnres_probe.analysis.pruning import pruning_results
+from attnres_probe.analysis.pruning import default_removal, pruning_results
 from attnres_probe.analysis.select import AnalysisError, run_name
 
 DEFAULT_TOLERANCE = 0.01  # 1 % of the intact model's held-out loss
@@ -33,24 +35,28 @@ def _relative_increase(loss: np.ndarray, base: float) -> np.ndarray:
     return (np.asarray(loss, dtype=float) - base) / base
 
 
-def removable_alone(ds: xr.Dataset, tolerance: float = DEFAULT_TOLERANCE) -> int:
+def removable_alone(
+    ds: xr.Dataset, tolerance: float = DEFAULT_TOLERANCE, removal: str | None = None
+) -> int:
     """How many layers each cost at most ``tolerance`` × the intact held-out loss when removed
-    on their own (from the stored layer pruning results)."""
-    res = pruning_results(ds, "layer")
+    on their own (from the stored layer pruning results; ``removal`` None: the run's
+    default, see ``pruning_results``)."""
+    res = pruning_results(ds, "layer", removal)
     base = float(res["prune_base_loss"])
     return int((_relative_increase(res["prune_loss"].values, base) <= tolerance).sum())
 
 
 def path(ds: xr.Dataset) -> xr.Dataset:
     """The stored greedy path [n_removed]: ``unit`` (layer added), ``loss``,
-    ``relative_increase`` over the intact model's loss."""
+    ``relative_increase`` over the intact model's loss; attrs ``base_loss`` and ``removal``."""
     missing = [v for v in PATH_VARIABLES if v not in ds.data_vars]
     if missing:
         raise AnalysisError(
             f"run {run_name(ds)!r} has no greedy pruning path; make it with "
             "attnres_probe.tools.prune_path.prune_path(RUN)"
         )
-    base = float(pruning_results(ds, "layer")["prune_base_loss"])
+    removal = str(ds["prune_path_loss"].attrs.get("removal", "zero"))
+    base = float(pruning_results(ds, "layer", removal)["prune_base_loss"])
     loss = np.asarray(ds["prune_path_loss"].values, dtype=float)
     n = np.arange(1, loss.size + 1)
     return xr.Dataset(
@@ -60,7 +66,7 @@ def path(ds: xr.Dataset) -> xr.Dataset:
             "relative_increase": ("n_removed", _relative_increase(loss, base)),
         },
         coords={"n_removed": n},
-        attrs={"base_loss": base},
+        attrs={"base_loss": base, "removal": removal},
     )
 
 
@@ -80,8 +86,9 @@ def prune_path(
     progress: ProgressCallback | None = None,
     save: bool = True,
 ) -> xr.Dataset:
-    """Remove the cheapest 1, 2, … n_layers layers of the run's checkpoint together (ranked by
-    the stored single-layer results of ``attnres-probe prune``) and return :func:`path`.
+    """Remove the cheapest 1, 2, … n_layers layers of the run's checkpoint together with the
+    run's default removal (ranked by the stored single-layer results of ``attnres-probe
+    prune`` with that removal) and return :func:`path`.
 
     batches / seed default to those the single-layer results were measured with, so the path
     starts from the same intact loss. With ``save`` the path is written into the run store.
@@ -96,7 +103,8 @@ def prune_path(
 
     run_dir = Path(run).parent if Path(run).suffix == ".zarr" else Path(run)
     ds = open_run(run_dir)
-    single = pruning_results(ds, "layer")
+    removal = default_removal(str(ds.attrs.get("residual", "baseline")))
+    single = pruning_results(ds, "layer", removal)
     order = np.argsort(single["prune_loss_increase"].values, kind="stable")
     names = [str(single["unit"].values[i]) for i in order]
     starts = [int(single["sublayer_start"].values[i]) for i in order]
@@ -119,7 +127,16 @@ def prune_path(
         for k, (name, start, stop) in enumerate(zip(names, starts, stops, strict=True)):
             skip |= set(range(start, stop))
             losses.append(
-                evaluate(model, corpus, batches, batch_size, seq_len, seed=seed, skip=set(skip))
+                evaluate(
+                    model,
+                    corpus,
+                    batches,
+                    batch_size,
+                    seq_len,
+                    seed=seed,
+                    skip=set(skip),
+                    removal=removal,
+                )
             )
             if progress is not None:
                 progress(k + 1, len(names), name)
@@ -129,7 +146,15 @@ def prune_path(
     }
     if save:
         write_static_variables(
-            run_dir, arrays, attrs={"batches": batches, "seed": seed, "ranked_by": "single-layer"}
+            run_dir,
+            arrays,
+            attrs={
+                "batches": batches,
+                "seed": seed,
+                "ranked_by": "single-layer",
+                "removal": removal,
+            },
         )
     with_path = ds.assign({k: v for k, v in arrays.items()})
+    with_path["prune_path_loss"].attrs["removal"] = removal
     return path(with_path)

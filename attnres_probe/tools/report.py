@@ -1,10 +1,12 @@
-"""One self-contained HTML page over a set of runs: every figure, interactive, and a table of
-headline numbers for every run side by side.
+"""One self-contained HTML page over a set of runs: the paper's claims with verdicts, every
+figure, interactive, and a table of headline numbers for every run side by side.
 
 The page holds plotly.js once (inlined, so it opens offline) and each figure of
-:data:`attnres_probe.figures.FIGURES` as a plain div; no plotting happens here. A figure a set
-of runs cannot make (no AttnRes run for the depth heatmap, no pruning results) is replaced by
-a line saying why. Headline numbers come from :func:`attnres_probe.analysis.summary.run_summary`.
+:data:`attnres_probe.figures.FIGURES` as a plain div; no plotting happens here. Every sentence
+that judges a figure is computed from the runs (``tools.findings``; the claims' verdicts from
+``tools.claims``), never a fixed caption. A figure a set of runs cannot make (no AttnRes run
+for the depth heatmap, no pruning results) is replaced by a line saying why. Headline numbers
+come from :func:`attnres_probe.analysis.summary.run_summary`.
 """
 
 from __future__ import annotations
@@ -23,31 +25,8 @@ from attnres_probe import figures
 from attnres_probe.analysis.select import AnalysisError
 from attnres_probe.analysis.summary import run_summary
 from attnres_probe.checkpoint import checkpoint_facts
-from attnres_probe.tools import prune_path
-
-# What each figure shows and what to look for; shown under its heading.
-CAPTIONS = {
-    "dilution": "RMS of the residual stream entering each sublayer. A PreNorm baseline grows "
-    "with depth (PreNorm dilution); AttnRes takes a convex combination of its sources and "
-    "stays flat.",
-    "relative-update": "How much each sublayer changes its input: update RMS over stream RMS. "
-    "Under dilution deep sublayers contribute ever smaller relative updates.",
-    "depth-heatmap": "Which earlier sources each AttnRes sublayer reads (mean softmax weight "
-    "over the last 10 % of recorded steps). Blank cells are sources that do not exist yet.",
-    "depth-entropy": "Spread of each sublayer's depth attention: 1 is uniform over the sources "
-    "it can see, 0 is a single source.",
-    "grad-depth": "Gradient norm with respect to each sublayer's output. The flatter the "
-    "profile, the more evenly depth is trained.",
-    "pruning": "Held-out loss increase when each layer is zero-ablated, against the cheap "
-    "proxies recorded during training; Spearman ρ says how well a proxy ranks the layers.",
-    "loss": "Training loss of every recorded step.",
-    "grad-map": "Gradient norm of every sublayer (rows) at every recorded step (columns), on one "
-    "log colour scale for all runs.",
-    "update-map": "Relative update of every sublayer at every recorded step, on one log colour "
-    "scale for all runs.",
-    "prune-path": "Held-out loss when the cheapest layers (ranked by their single-layer cost) "
-    "are removed together, relative to the intact model; the dotted line is the 1 % bound.",
-}
+from attnres_probe.tools import claims, prune_path
+from attnres_probe.tools.findings import DESCRIPTIONS, finding
 
 PAGE_CSS = """
 :root { --ink:#1d2733; --muted:#5b6775; --line:#e3e7ec; --bg:#f6f8fa; --accent:#0072B2; }
@@ -65,6 +44,7 @@ section { background:#fff; border:1px solid var(--line); border-radius:8px;
 section h2 { margin:0 0 4px; font-size:18px; }
 .caption { margin:0 0 8px; color:var(--muted); font-size:14px; }
 .missing { color:var(--muted); font-style:italic; padding:12px 0; }
+.finding { margin:0 0 8px; font-size:14px; }
 table { border-collapse:collapse; width:100%; font-size:14px; }
 th, td { padding:6px 10px; border-bottom:1px solid var(--line); text-align:right;
          vertical-align:top; }
@@ -108,14 +88,55 @@ HEADLINES: tuple[Headline, ...] = (
         3,
     ),
     Headline("dilution_exponent", "stream RMS growth exponent", _get("dilution", "exponent"), 3),
+    Headline(
+        "output_exponent",
+        "output magnitude growth exponent (per layer)",
+        _get("output_magnitude", "exponent"),
+        3,
+    ),
+    Headline(
+        "within_block_rise",
+        "Block: output rise within a block",
+        _get("block_periodicity", "within_block_rise"),
+        3,
+    ),
+    Headline(
+        "boundary_drop",
+        "Block: output change at a block boundary",
+        _get("block_periodicity", "boundary_drop"),
+        3,
+    ),
+    Headline(
+        "excess_layer_grad",
+        "early-layer excess of layer_grad_norm",
+        _get("early_gradient_excess", "layer_grad_norm"),
+        3,
+    ),
+    Headline(
+        "excess_param_grad",
+        "early-layer excess of param_grad_norm",
+        _get("early_gradient_excess", "param_grad_norm"),
+        3,
+    ),
     Headline("relative_update_mean", "mean relative update", _get("relative_update", "mean"), 3),
     Headline(
         "grad_max_over_min",
-        "gradient spread max/min across sublayers",
+        "gradient spread max/min across sublayers (diagnostic)",
         _get("gradient_spread", "max_over_min"),
         3,
     ),
-    Headline("grad_cv", "gradient spread CV across sublayers", _get("gradient_spread", "cv"), 3),
+    Headline(
+        "grad_cv",
+        "gradient spread CV across sublayers (diagnostic)",
+        _get("gradient_spread", "cv"),
+        3,
+    ),
+    Headline(
+        "mass_gradient_spearman",
+        "Spearman ρ, mass received vs source gradient",
+        _get("mass_gradient_spearman"),
+        3,
+    ),
     Headline(
         "depth_entropy",
         "depth attention: mean normalised entropy",
@@ -138,17 +159,18 @@ HEADLINES: tuple[Headline, ...] = (
         "layers removable together for ≤ 1 % loss",
         _get("layers_removable", "together"),
     ),
-    Headline(
-        "spearman_block_influence",
-        "pruning: Spearman ρ of 1 − cos_in_out",
-        _get("most_prunable", "spearman", "block_influence"),
-        3,
-    ),
-    Headline(
-        "spearman_relative_update",
-        "pruning: Spearman ρ of relative update",
-        _get("most_prunable", "spearman", "relative_update"),
-        3,
+    *(
+        Headline(
+            f"spearman_{proxy}_{removal}",
+            f"pruning ({removal}): Spearman ρ of {label}",
+            _get("pruning", removal, "spearman", proxy),
+            3,
+        )
+        for removal in ("mask", "zero")
+        for proxy, label in (
+            ("block_influence", "1 − cos_in_out"),
+            ("relative_update", "relative update"),
+        )
     ),
 )
 
@@ -187,6 +209,8 @@ def _text_rows(s: dict[str, Any]) -> dict[str, str]:
         key = "loss_increase" if "loss_increase" in p["layers"][0] else "block_influence"
         prunable = ", ".join(f"{u['unit']} ({_fmt(u[key], 2)})" for u in p["layers"])
         prunable += f" — by {p['by']}"
+        if p.get("removal"):
+            prunable += f", {p['removal']} removal"
     return {"model": _architecture(s), "steps": steps, "top sources": top, "cheapest": prunable}
 
 
@@ -220,6 +244,36 @@ def _table_html(summaries: Mapping[str, dict[str, Any]]) -> str:
     return f"<table><thead><tr><th></th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _claims_html(datasets: Mapping[str, xr.Dataset]) -> str:
+    """The paper's claims the runs can speak to, each with its verdict and every run's value
+    (empty when the runs hold only one residual kind and no Block runs)."""
+    found = claims.claims(claims.measure_claims(datasets))
+    if not found:
+        return ""
+    rows = "".join(
+        f'<tr><td class="text">{html.escape(c.statement)}<br><small>{html.escape(c.measured_by)}'
+        f'</small></td><td class="text">{_verdict_html(c.verdict)}</td>'
+        f'<td class="text">{html.escape(c.values)}</td></tr>'
+        for c in found
+    )
+    return (
+        '<section id="claims"><h2>The paper\'s claims, measured on these runs</h2>'
+        '<p class="caption">Each verdict is computed from the runs below (last 10 % of recorded '
+        "steps); a claim that fails is reported failing, with the numbers.</p>"
+        "<table><thead><tr><th>claim (as the paper states it)</th><th>verdict</th>"
+        f"<th>every run</th></tr></thead><tbody>{rows}</tbody></table></section>"
+    )
+
+
+def _verdict_html(verdict: str) -> str:
+    """The verdict with its **bold** label as <strong>."""
+    text = html.escape(verdict)
+    if text.startswith("**") and "**" in text[2:]:
+        end = text.index("**", 2)
+        text = f"<strong>{text[2:end]}</strong>{text[end + 2 :]}"
+    return text
+
+
 def _figure_html(name: str, datasets: Mapping[str, xr.Dataset]) -> str:
     """The figure ``name`` as a div (plotly.js not included), or a line saying why it is
     missing."""
@@ -249,19 +303,24 @@ def render_report(
     if not datasets:
         raise AnalysisError("no runs given; the report needs at least one recorded run")
     summaries = summaries or {n: run_summary(ds) for n, ds in datasets.items()}
-    nav = ['<a href="#headlines">headline numbers</a>'] + [
+    claims_section = _claims_html(datasets)
+    nav = ['<a href="#claims">claims</a>'] if claims_section else []
+    nav += ['<a href="#headlines">headline numbers</a>'] + [
         f'<a href="#{n}">{html.escape(n)}</a>' for n in figures.FIGURES
     ]
-    sections = [
+    sections = [claims_section] if claims_section else []
+    sections.append(
         '<section id="headlines"><h2>Headline numbers</h2><p class="caption">Means over the '
         "last 10 % of recorded steps unless stated; held-out loss on the run's held-out bytes."
         f"</p>{_table_html(summaries)}</section>"
-    ]
+    )
     for name in figures.FIGURES:
-        caption = html.escape(CAPTIONS.get(name, ""))
+        caption = html.escape(DESCRIPTIONS.get(name, ""))
+        found = finding(name, datasets)
+        found_html = f'<p class="finding">{html.escape(found)}</p>' if found else ""
         sections.append(
             f'<section id="{name}"><h2>{html.escape(name)}</h2><p class="caption">{caption}</p>'
-            f"{_figure_html(name, datasets)}</section>"
+            f"{found_html}{_figure_html(name, datasets)}</section>"
         )
     made = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>

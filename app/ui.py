@@ -196,7 +196,7 @@ def step_picker(steps: np.ndarray) -> int | None:
 
 
 def seeds_picker(runs: dict[str, xr.Dataset]) -> str:
-    """'band' (runs that differ only in seed as mean ± sd), or 'each' when the user asks; the
+    """'band' (runs that differ only in seed as mean and range), or 'each' when asked; the
     toggle is shown only when some of ``runs`` form such a group."""
     if all(not s.is_group for s in run_series(runs)):
         return "band"
@@ -204,8 +204,8 @@ def seeds_picker(runs: dict[str, xr.Dataset]) -> str:
         "Each seed on its own",
         key=SEEDS_KEY,
         bind="query-params",
-        help="Runs that differ only in their seed are drawn as their mean ± one standard "
-        "deviation; switch this on to draw every run.",
+        help="Runs that differ only in their seed are drawn as their mean with a band over the "
+        "seeds' range (min to max); switch this on to draw every run.",
     )
     return "each" if each else "band"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import os
+import textwrap
 from pathlib import Path
 from typing import Annotated
 
@@ -90,7 +91,13 @@ def plan_targets(
     return fmt or suffix, writable_file(path), None
 
 
-@app.command()
+def _figure_list() -> str:
+    """The figure names for the help's epilog, kept whole: Click would break lines at hyphens."""
+    lines = textwrap.wrap(", ".join(f.value for f in FigureChoice), 76, break_on_hyphens=False)
+    return "Figures: \n\n\b\n" + "\n".join(lines)
+
+
+@app.command(epilog=_figure_list())
 def export(
     runs: Annotated[
         list[Path],
@@ -102,9 +109,7 @@ def export(
             "--figure",
             "-f",
             metavar="FIGURE",
-            help="Figure to draw, repeat for several: "
-            + ", ".join(f.value for f in FigureChoice)
-            + ".",
+            help="Figure to draw (the names are listed below); repeat for several.",
         ),
     ] = ALL_FIGURES,  # noqa: B006 (typer reads the default, never mutates it)
     fmt: Annotated[
@@ -145,7 +150,7 @@ def export(
     seeds: Annotated[
         SeedChoice,
         typer.Option(
-            help="Runs that differ only in seed: their mean ± sd (band) or each run on its own."
+            help="Runs that differ only in seed: their mean and range (band), or each run."
         ),
     ] = SeedChoice.band,
     self_contained: Annotated[

@@ -299,7 +299,7 @@ def test_a_step_that_was_not_recorded_says_which_one_is_shown(dashboard):
 def test_compare_takes_a_comma_separated_list_as_well_as_repeated_keys(dashboard):
     at = dashboard("compare", compare=f"{BASELINE},{FULL}")
     assert at.multiselect(key="compare").value == [BASELINE, FULL]
-    assert len(charts(at)) == 6
+    assert len(charts(at)) == 8
 
 
 # ----------------------------------------------------------------------------- pages
@@ -337,7 +337,7 @@ def test_profile_pages_default_to_the_mean_of_the_last_10_percent_as_report_and_
 
 
 def test_each_profile_has_its_numbers_as_a_table_with_a_csv_download(dashboard):
-    at = dashboard("gradients", run=BASELINE)
+    at = dashboard("dilution", run=BASELINE)
     table = at.dataframe[0].value
     assert list(table.index)[:2] == ["L0.attn", "L0.mlp"] and list(table.columns) == [BASELINE]
     grad = charts(at)[0]["data"][0]
@@ -392,11 +392,15 @@ def test_seed_groups_are_a_band_until_each_seed_is_asked_for(dashboard, tmp_path
             extra_attrs={"train_config": json.dumps({"seed": seed, "steps": 6})},
         )
     monkeypatch.setenv(ROOT_ENV, str(tmp_path))
+
+    def dilution_lines(at):
+        (fig,) = [c for c in charts(at) if c["layout"]["title"]["text"].startswith("PreNorm")]
+        return [t.get("name") for t in fig["data"] if t.get("name")]
+
     at = dashboard("compare", compare=["base-s0", "base-s1", "base-s2"])
-    names = [t.get("name") for t in charts(at)[1]["data"] if t.get("name")]
-    assert names == ["base (3 seeds)"]
+    assert dilution_lines(at) == ["baseline · 2 layers (3 seeds)"]
     at.toggle(key="each_seed").set_value(True).run()
-    names = [t.get("name") for t in charts(at)[1]["data"] if t.get("name")]
+    names = dilution_lines(at)
     assert names == ["base-s0", "base-s1", "base-s2"]
 
 

@@ -122,19 +122,9 @@ def test_export_all_figures_of_two_runs_writes_one_png_each(runs, tmp_path):
     assert "skipped pruning" in r.stderr  # no pruning results yet: said, not fatal
     assert "skipped prune-path" in r.stderr
     written = sorted(p.name for p in out.iterdir())
-    assert written == sorted(
-        f"{n}.png"
-        for n in (
-            "dilution",
-            "relative-update",
-            "depth-heatmap",
-            "depth-entropy",
-            "grad-depth",
-            "grad-map",
-            "update-map",
-            "loss",
-        )
-    )
+    skipped = {line.split()[1].rstrip(":") for line in r.stderr.splitlines() if "skipped" in line}
+    assert written == sorted(f"{n}.png" for n in figures.FIGURES if n not in skipped)
+    assert {"dilution", "grad-map", "layer-output"} <= {w[:-4] for w in written}
     for p in out.iterdir():
         assert p.read_bytes().startswith(MAGIC["png"]) and p.stat().st_size > 5_000
     assert sorted(r.stdout.split()) == sorted(str(out / n) for n in written)
@@ -218,8 +208,8 @@ def test_html_export_of_several_figures_shares_one_plotly_js(runs, tmp_path):
     r = invoke("export", runs["baseline"], runs["full"], "--format", "html", "-o", out)
     assert r.exit_code == 0, r.output
     pages = sorted(out.glob("*.html"))
-    assert len(pages) == 8 and (out / "plotly.min.js").is_file()
-    assert sum(p.stat().st_size for p in pages) < 2_000_000
+    assert len(pages) >= 8 and (out / "plotly.min.js").is_file()
+    assert max(p.stat().st_size for p in pages) < 1_000_000  # plotly.js is not in them
     r = invoke(
         "export", runs["baseline"], "-f", "loss", "-o", tmp_path / "one.html", "--self-contained"
     )

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from attnres_probe.app import catalog, ui
+from attnres_probe.app import ui
+from attnres_probe.app.text import literal
 
 VIEWS = Path(__file__).resolve().parent / "views"
 PAGES = [
@@ -34,6 +35,6 @@ all_rows = ui.rows(root.path) if root.path is not None else []
 st.session_state["_rows"] = all_rows
 ui.run_picker(all_rows, root.path or Path("."))
 ui.refresh_picker()
-st.sidebar.caption("ROOT: " + catalog.literal(root.path if root.path else "(none)"))
+st.sidebar.caption("ROOT: " + literal(root.path if root.path else "(none)"))
 
 page.run()

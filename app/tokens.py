@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 import xarray as xr
 
-from attnres_probe.app.catalog import literal
+from attnres_probe.app.text import literal
 from attnres_probe.figures import token_depth_heatmap
 
 MAX_BYTES = 256

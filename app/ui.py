@@ -18,9 +18,12 @@ import numpy as np
 import streamlit as st
 import xarray as xr
 
-from attnres_probe.analysis.select import DEFAULT_FRACTION, nearest_step
-from attnres_probe.app import catalog
+from attnres_probe.analysis.select import DEFAULT_FRACTION, AnalysisError, nearest_step, tail
+from attnres_probe.app import confine
+from attnres_probe.app.text import COMMAND_ENV, TRAIN_HINT, describe_error, literal
+from attnres_probe.checkpoint import CHECKPOINT_FILE
 from attnres_probe.figures import figure_table, run_series
+from attnres_probe.store import RunInfo, open_run, run_info, run_paths, store_version
 
 RUN_KEY = "run"
 COMPARE_KEY = "compare"
@@ -40,66 +43,64 @@ PLOTLY_CONFIG = {"displaylogo": False}
 # ----------------------------------------------------------------------------- runs
 
 
-def root() -> catalog.Root:
+def root() -> confine.Root:
     """The dashboard's root (from ``$ATTNRES_PROBE_ROOT``, else the bundled sample runs)."""
-    return catalog.dashboard_root()
+    return confine.dashboard_root()
 
 
 def version(path: Path) -> object:
-    """The run's commit marker; the marker file's mtime when the store cannot say."""
-    from attnres_probe.store import store_version
-
+    """The run's commit marker; None when the store cannot say (its row says why)."""
     try:
-        return store_version(path)
-    except Exception:  # noqa: BLE001 - an unreadable store is reported by summarize()
-        return ("unreadable", catalog.marker_mtime(path))
+        return store_version(path, confine=root().path)
+    except Exception:  # noqa: BLE001 - an unreadable store is reported on its row
+        return None
 
 
 @st.cache_resource(max_entries=64, show_spinner=False)
-def _open(path: str, commit: object) -> xr.Dataset:
-    from attnres_probe.store import open_run
-
+def _open(path: str, commit: object, root_path: Path) -> xr.Dataset:
     # Lazy: a figure reads only the steps it shows (one step, the tail, or the loss curve),
     # so a 100k-step run opens in milliseconds instead of reading every variable.
-    return open_run(path, lazy=True)
+    return open_run(path, lazy=True, confine=root_path)
 
 
 def load(path: Path) -> xr.Dataset:
-    """The run at ``path`` (resolved under ROOT), cached until its next commit. Read-only."""
-    return _open(str(path), version(path))
+    """The run at ``path`` (resolved under ROOT), cached until its next commit. Read-only;
+    no file resolving outside ROOT is read."""
+    return _open(str(path), version(path), root().path)
 
 
 # cache_resource, not cache_data: cache_data pickles each value and unpickles it on every hit;
 # these keep the (immutable) objects themselves.
 @st.cache_resource(max_entries=2048, ttl=10, show_spinner=False)
-def _row(root_path: str, name: str, commit: object) -> catalog.RunRow:
-    return catalog.summarize(Path(root_path), name)
+def _info(root_path: str, name: str, commit: object) -> RunInfo:
+    return confine.served_info(Path(root_path), name)
 
 
 @st.cache_resource(ttl=5, show_spinner=False)
 def _names(root_path: str) -> tuple[str, ...]:
     # A short TTL: new runs appear within seconds, and a big ROOT is not walked on every rerun.
-    return tuple(catalog.run_names(Path(root_path)))
+    return tuple(run_paths(root_path))
 
 
-def rows(root_path: Path) -> list[catalog.RunRow]:
-    """One summary row per run under ``root_path`` (broken runs included, with their reason)."""
+def rows(root_path: Path) -> list[RunInfo]:
+    """The store's :class:`RunInfo` of every run under ``root_path``, read confined to it
+    (broken and refused runs included, with their reason)."""
     out = []
     for name in _names(str(root_path)):
         try:
-            commit = version(catalog.resolve_run(root_path, name))
-        except catalog.RunRefused:
+            commit = version(confine.resolve_run(root_path, name))
+        except confine.RunRefused:
             commit = None
-        out.append(_row(str(root_path), name, commit))
+        out.append(_info(str(root_path), name, commit))
     return out
 
 
 # ----------------------------------------------------------------------------- pickers
 
 
-def run_picker(all_rows: list[catalog.RunRow], root_path: Path) -> str | None:
+def run_picker(all_rows: list[RunInfo], root_path: Path) -> str | None:
     """The sidebar's run select box (bound to ``?run=``); warns about a refused request."""
-    names = [r.name for r in all_rows if r.openable]
+    names = [r.name for r in all_rows if r.readable]
     requested = st.query_params.get(RUN_KEY)
     if requested is not None and requested not in names:
         # Kept until the user picks a run: the URL loses the refused name on the first run.
@@ -115,14 +116,14 @@ def _forget_refusal() -> None:
     st.session_state.pop(REFUSED_KEY, None)
 
 
-def refusal(root_path: Path, requested: str, all_rows: list[catalog.RunRow]) -> str:
+def refusal(root_path: Path, requested: str, all_rows: list[RunInfo]) -> str:
     """Why the run named in the URL is not shown (refused path, broken run or unknown name)."""
     for row in all_rows:
         if row.name == requested:
-            return f"run {requested!r} cannot be opened: {row.message}"
+            return f"run {requested!r} cannot be opened: {row.error}"
     try:
-        catalog.resolve_run(root_path, requested)
-    except catalog.RunRefused as err:
+        confine.resolve_run(root_path, requested)
+    except confine.RunRefused as err:
         return str(err)
     return f"run {requested!r} is not listed under ROOT"
 
@@ -215,8 +216,6 @@ def view(ds: xr.Dataset, step: int | None = None, steps: list[int] | None = None
     ``steps``, or (both None) the last ``DEFAULT_FRACTION`` of the run. Pass the figure
     ``fraction=1.0`` with a tail view. On a long lazily-opened run this reads one chunk or the
     tail from disk instead of every step."""
-    from attnres_probe.analysis.select import tail
-
     if steps:
         return ds.sel(step=steps, method="nearest")
     if step is None:
@@ -227,36 +226,46 @@ def view(ds: xr.Dataset, step: int | None = None, steps: list[int] | None = None
 # ----------------------------------------------------------------------------- showing
 
 
-def selected(all_rows: list[catalog.RunRow]) -> tuple[catalog.RunRow, Path] | None:
+def selected(all_rows: list[RunInfo]) -> tuple[RunInfo, Path] | None:
     """The run chosen in the sidebar and its path, or None after saying why there is none."""
     name = st.session_state.get(RUN_KEY)
-    row = next((r for r in all_rows if r.name == name and r.openable), None)
+    row = next((r for r in all_rows if r.name == name and r.readable), None)
     root_info = root()
     if root_info.path is None:
         return None  # header() said why
     if row is None:
         st.info(f"No run to show. Make one:\n\n```\n{make_run_hint(root_info.path)}\n```")
         return None
-    return row, catalog.resolve_run(root_info.path, row.name)
+    return row, confine.resolve_run(root_info.path, row.name)
 
 
-def describe_row(row: catalog.RunRow) -> str:
+def describe_row(row: RunInfo) -> str:
     """One line about the shown run: name, kind, size, progress and whether it refreshes."""
-    state = row.state
-    if row.state == "live":
+    state = row.status
+    if row.status == "live":
         every = refresh_every(True)
         state = f"live, refreshing every {every:g} s" if every else "live, refresh off"
     return (
-        f"{row.name} · {row.kind} · {row.layers} layers ({row.sublayers} sublayers) · "
-        f"{row.steps} recorded steps · {state}"
+        f"{row.name} · {row.residual} · {row.n_layers} layers ({sublayers(row)} sublayers) · "
+        f"{row.n_steps} recorded steps · {state}"
     )
+
+
+def sublayers(row: RunInfo) -> int | None:
+    """Sublayers of the run (an attention and an MLP sublayer per layer)."""
+    return 2 * row.n_layers if row.n_layers is not None else None
+
+
+def has_checkpoint(path: Path) -> bool:
+    """True when the run directory holds its trained model."""
+    return (path / CHECKPOINT_FILE).is_file()
 
 
 def make_run_hint(root_path: Path) -> str:
     """The command that records a run under ``root_path``, named as the dashboard was started
     (e.g. ``.venv/bin/attnres-probe``)."""
-    hint = catalog.TRAIN_HINT.format(root=root_path)
-    program = os.environ.get(catalog.COMMAND_ENV, "").strip()
+    hint = TRAIN_HINT.format(root=root_path)
+    program = os.environ.get(COMMAND_ENV, "").strip()
     return program + hint.removeprefix("attnres-probe") if program else hint
 
 
@@ -266,27 +275,25 @@ def header(title: str) -> None:
     st.title(title)
     root_info = root()
     if root_info.path is None:
-        st.warning(catalog.literal(root_info.note))
+        st.warning(literal(root_info.note))
     refused = st.session_state.get(REFUSED_KEY)
     if refused:
-        st.warning(catalog.literal(refused))
+        st.warning(literal(refused))
 
 
 def error(err: BaseException) -> None:
     """A library error as one literal line (never a traceback)."""
-    st.error(catalog.literal(catalog.describe_error(err)))
+    st.error(literal(describe_error(err)))
 
 
 def chart(make: Callable[[], object], key: str, table: bool = False) -> object | None:
     """Draw the figure ``make()`` returns, exactly as the report and ``export`` draw it; an
     expected failure becomes a message. With ``table``, the numbers it draws follow in an
     expander with a CSV download. Returns the figure, or None when it could not be drawn."""
-    from attnres_probe.analysis.select import AnalysisError
-
     try:
         fig = make()
     except (AnalysisError, ValueError, KeyError, FileNotFoundError) as err:
-        st.info(catalog.literal(catalog.describe_error(err)))
+        st.info(literal(describe_error(err)))
         return None
     st.plotly_chart(fig, config=PLOTLY_CONFIG, key=key, theme=None)
     if table:
@@ -317,7 +324,7 @@ def live(
     body: Callable[[], None],
     is_live: bool,
     path: Path | None = None,
-    row: catalog.RunRow | None = None,
+    row: RunInfo | None = None,
 ) -> None:
     """Run ``body`` as a fragment that re-runs on the refresh interval while ``is_live``.
 
@@ -329,23 +336,21 @@ def live(
 
     def fragment() -> None:
         if row is not None:
-            fresh = _row(str(root().path), row.name, version(path)) if path is not None else row
-            st.caption(catalog.literal(describe_row(fresh)))
+            fresh = _info(str(root().path), row.name, version(path)) if path is not None else row
+            st.caption(literal(describe_row(fresh)))
         body()
         if is_live and path is not None and _status(path) != "live":
-            _row.clear()
+            _info.clear()
             st.rerun()
 
     st.fragment(run_every=refresh_every(is_live))(fragment)()
 
 
 def _status(path: Path) -> str:
-    from attnres_probe.store import run_info
-
-    return run_info(path).status
+    return run_info(path, confine=root().path).status
 
 
-def current_rows() -> list[catalog.RunRow]:
+def current_rows() -> list[RunInfo]:
     """The run rows the entry script listed for this rerun."""
     return st.session_state.get("_rows", [])
 
@@ -353,7 +358,7 @@ def current_rows() -> list[catalog.RunRow]:
 def forget_loaded() -> None:
     """Drop every cached run, e.g. after the dashboard itself wrote into a store."""
     _open.clear()
-    _row.clear()
+    _info.clear()
     _names.clear()
 
 
@@ -375,9 +380,9 @@ def load_many(names: list[str]) -> dict[str, xr.Dataset]:
     runs = {}
     for name in names:
         try:
-            ds = load(catalog.resolve_run(root_path, name))
+            ds = load(confine.resolve_run(root_path, name))
         except Exception as err:  # noqa: BLE001 - one bad run must not hide the others
-            st.warning(catalog.literal(f"{name}: {catalog.describe_error(err)}"))
+            st.warning(literal(f"{name}: {describe_error(err)}"))
             continue
         if ds.sizes.get("step", 0):
             runs[name] = ds

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 HELD_OUT_FRACTION = 0.05
@@ -93,8 +94,6 @@ class ByteCorpus:
 
     def batch(self, split: str, batch_size: int, seq_len: int, generator):
         """A (B, T+1) int64 tensor of random windows from ``split`` ('train' or 'held_out')."""
-        import torch
-
         data = self.train if split == "train" else self.held_out
         if len(data) < seq_len + 2:
             raise DataError(

@@ -11,6 +11,7 @@ marks the run interrupted, no checkpoint is written, and the interrupt goes on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -21,7 +22,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from attnres_probe.checkpoint import save_checkpoint
 from attnres_probe.data import ByteCorpus
+from attnres_probe.hooks import probe
+from attnres_probe.hooks.interrupts import deferred, orderly_exit
 from attnres_probe.models import ModelConfig, build_model
 
 
@@ -118,8 +122,6 @@ def train(
     corpus: ByteCorpus | None = None,
 ) -> TrainResult:
     """Train one model, recording it with the probe into ``run_dir``; returns its losses."""
-    from attnres_probe.hooks.interrupts import orderly_exit
-
     with orderly_exit():  # SIGTERM unwinds (the probe flushes) instead of ending the process
         return _train(model_cfg, train_cfg, Path(run_dir), on_step, device, corpus)
 
@@ -178,19 +180,12 @@ def _train(
 
 def _open_probe(model, run_dir, model_cfg, train_cfg, corpus):
     if train_cfg.record_every == 0:
-        import contextlib
-
         return contextlib.nullcontext()
-    from attnres_probe.hooks import probe
-
     attrs = {"train_config": json.dumps(asdict(train_cfg)), "corpus": corpus.source}
     return probe(model, run_dir, every=train_cfg.record_every, attrs=attrs)
 
 
 def _save(model, model_cfg, train_cfg, corpus, result: TrainResult) -> None:
-    from attnres_probe.checkpoint import save_checkpoint
-    from attnres_probe.hooks.interrupts import deferred
-
     extra = {
         "train_config": asdict(train_cfg),
         "corpus": corpus.source,

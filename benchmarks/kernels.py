@@ -439,8 +439,7 @@ def time_case(case: Case, timer: Timer, copy_gbps: float, stats_modes) -> list[R
 def training_step(
     residual: str, backend: str, record: bool, args, device, timer_steps: int
 ) -> dict:
-    from attnres_probe.hooks.layout import RowLayout
-    from attnres_probe.hooks.taps import NativeTaps
+    from attnres_probe.hooks.taps import native_recording
     from attnres_probe.models.config import ModelConfig
     from attnres_probe.models.model import build_model
 
@@ -456,8 +455,7 @@ def training_step(
     model = build_model(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     idx = torch.randint(0, cfg.vocab_size, (args.step_batch, args.step_seq), device=device)
-    taps = NativeTaps(model)
-    recording = RowLayout(taps.shape).recording(device, taps.sources_at)
+    recording = native_recording(model)
     amp = (
         torch.autocast(device.type, torch.bfloat16)
         if device.type == "cuda"
@@ -663,6 +661,9 @@ def main(argv: list[str] | None = None) -> int:
     for shape, ops_, stats_modes in plan:
         for case in make_cases(shape, device, dtype, ops_, with_compile):
             report.rows += time_case(case, timer, copy_gbps, stats_modes)
+            if args.out:  # after every case: a run stopped part-way keeps what it measured
+                report.header = header(device, copy_gbps, main_shape, args.dry_run)
+                write(report, args.out)
             torch.cuda.empty_cache() if device.type == "cuda" else None
     if not args.no_step:
         runs = [

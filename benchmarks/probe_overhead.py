@@ -35,8 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from attnres_probe.hooks import probe
-from attnres_probe.hooks.layout import RowLayout
-from attnres_probe.hooks.taps import NativeTaps
+from attnres_probe.hooks.taps import native_recording
 from attnres_probe.models import ModelConfig, build_model
 
 
@@ -76,9 +75,8 @@ class OpsStatsOnly:
     never read: what the ops and the model's forward add, without the probe around them."""
 
     def __init__(self, model: torch.nn.Module):
-        taps = NativeTaps(model)
         self.model = model
-        self.rec = RowLayout(taps.shape).recording(next(model.parameters()).device, taps.sources_at)
+        self.rec = native_recording(model)
 
     def __enter__(self) -> OpsStatsOnly:
         self.model.recording = self.rec

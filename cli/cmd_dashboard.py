@@ -86,7 +86,8 @@ def dashboard(
     """Serve the dashboard: runs, dilution, depth attention, gradients, pruning, comparison."""
     import importlib.util
 
-    from attnres_probe.app.catalog import COMMAND_ENV, ROOT_ENV
+    from attnres_probe.app.confine import ROOT_ENV
+    from attnres_probe.app.text import COMMAND_ENV
 
     if port is not None and not 1 <= port <= 65535:
         raise fail(f"--port {port} is not a port number (1..65535)", code=2)

@@ -12,6 +12,10 @@ never a usage block or a traceback:
   that failed (the library's errors, turned into their message by the commands).
 
 An unexpected exception (a bug) is one line too, naming how to see its traceback.
+
+The commands import the library (torch, xarray, plotly, zarr) inside their functions, not at
+the top of their modules: every command module is imported to build ``--help`` and to check
+options, and those must answer in a fraction of a second, before any heavy import.
 """
 
 from __future__ import annotations

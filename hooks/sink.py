@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import sys
 import warnings
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
@@ -24,6 +21,7 @@ from torch import nn
 from attnres_probe.hooks.errors import ProbeStoreError, ProbeWarning
 from attnres_probe.hooks.layout import ProbeShape
 from attnres_probe.store.schema import schema_coords
+from attnres_probe.store.writer import versions
 
 __all__ = ["RunSink", "run_coords", "run_attrs"]
 
@@ -112,16 +110,3 @@ def run_attrs(module: nn.Module, shape: ProbeShape, native: bool) -> dict[str, A
         "n_layers": shape.n_layers,
         "versions": json.dumps(versions()),
     }
-
-
-def versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    packages = ["attnres-probe", "torch", "numpy", "zarr", "xarray"]
-    if "transformers" in sys.modules:  # the model may come from there
-        packages.append("transformers")
-    for name in packages:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return found

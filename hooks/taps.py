@@ -27,9 +27,16 @@ from torch.utils.hooks import RemovableHandle
 
 from attnres_probe import ops
 from attnres_probe.hooks.discovery import LayerSpec
-from attnres_probe.hooks.layout import ProbeShape
+from attnres_probe.hooks.layout import ProbeShape, RowLayout
 
-__all__ = ["NativeTaps", "ModuleTaps", "is_native", "first_tensor", "replace_first_tensor"]
+__all__ = [
+    "NativeTaps",
+    "ModuleTaps",
+    "is_native",
+    "native_recording",
+    "first_tensor",
+    "replace_first_tensor",
+]
 
 
 def is_native(model: nn.Module) -> bool:
@@ -124,6 +131,15 @@ class NativeTaps:
 
     def detach(self) -> None:
         self.model.recording = None
+
+
+def native_recording(model: nn.Module) -> ops.Recording:
+    """The recording a probe gives this project's ``model`` (its layout, on its device): set it
+    as ``model.recording`` to take the statistics without a probe (benchmarks, tests), then
+    ``settle()`` after backward and ``reset()`` per step."""
+    taps = NativeTaps(model)
+    device = next(model.parameters()).device
+    return RowLayout(taps.shape).recording(device, taps.sources_at)
 
 
 class ModuleTaps:

@@ -7,6 +7,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+# Where tensors are made when a test names no device (conftest.py): the CPU, or the GPU.
+DEVICE = torch.get_default_device()
+
 # ‖Δ‖ / ‖reference‖ (Frobenius) allowed per input dtype.
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 DTYPES = [torch.float32, torch.bfloat16]

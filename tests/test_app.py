@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import html
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -35,7 +36,7 @@ from test_app_runs import (
     trained_run,
 )
 
-from attnres_probe.app.catalog import ROOT_ENV
+from attnres_probe.app.confine import ROOT_ENV
 from attnres_probe.store.synthetic import step_values
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "app" / "dashboard.py"
@@ -189,10 +190,10 @@ def test_with_no_runs_the_page_says_how_to_make_one(dashboard, tmp_path, monkeyp
 
 
 def test_without_sample_runs_every_page_says_they_are_not_installed(dashboard, monkeypatch):
-    from attnres_probe.app import catalog
+    from attnres_probe.app import confine
 
     monkeypatch.delenv(ROOT_ENV)
-    monkeypatch.setattr(catalog, "bundled_sample_runs", lambda: None)
+    monkeypatch.setattr(confine, "bundled_sample_runs", lambda: None)
     for page in ("runs", *PAGES):
         at = dashboard(page)
         (warning,) = texts(at, "warning")
@@ -264,6 +265,37 @@ def test_a_run_whose_recording_is_a_symlink_out_of_root_is_not_served(
     assert not charts(at)  # "inside" is a baseline: nothing of the full run outside is drawn
     table = dashboard().dataframe[0].value.set_index("run")
     assert table.loc["sneaky", "state"] == "refused"
+
+
+def test_a_real_recording_whose_files_link_out_of_root_is_refused_and_nothing_of_it_shown(
+    dashboard, monkeypatch, tmp_path
+):
+    from test_app_runs import record, small
+
+    root = tmp_path / "root"
+    record(root / "inside", small("baseline"), 4)
+    outside = tmp_path / "elsewhere"
+    record(outside, small("full"), 4, run_name="the-outside-run")
+    for dirpath, _, files in os.walk(outside / "recording.zarr"):  # real folders, linked files
+        here = (
+            root
+            / "mirror"
+            / "recording.zarr"
+            / os.path.relpath(dirpath, outside / "recording.zarr")
+        )
+        here.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            (here / name).symlink_to(os.path.join(dirpath, name))
+    monkeypatch.setenv(ROOT_ENV, str(root))
+    at = dashboard("runs", run="mirror")
+    table = at.dataframe[0].value.set_index("run")
+    assert table.loc["mirror", "state"] == "refused"
+    assert "resolves outside" in table.loc["mirror", "message"]
+    assert at.sidebar.selectbox(key="run").options == ["inside"]
+    shown = " ".join(
+        texts(at, "markdown", "caption", "warning", "info") + [str(j.value) for j in at.json]
+    )
+    assert "the-outside-run" not in shown and "full" not in table["kind"].tolist()
 
 
 def test_compare_ignores_runs_outside_root_named_in_the_query_string(dashboard, root):

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from attnres_probe.app import server
-from attnres_probe.app.catalog import ROOT_ENV
+from attnres_probe.app.confine import ROOT_ENV
 from attnres_probe.cli import app, cmd_dashboard
 
 runner = CliRunner()

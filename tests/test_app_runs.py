@@ -1,5 +1,5 @@
 """Recorded runs for the dashboard tests, written through the store's RunWriter, and the
-catalog's reading of them (live, finished, interrupted, broken, refused).
+dashboard's reading of them (live, finished, interrupted, broken, refused).
 
 ``build_root`` makes a folder with every kind of run the dashboard must cope with; the app and
 browser tests import it. ``trained_run`` trains a tiny Full AttnRes model once per session
@@ -102,28 +102,27 @@ def root(tmp_path_factory):
     return build_root(tmp_path_factory.mktemp("catalog"))
 
 
-def test_every_run_under_root_is_listed_with_its_state(root):
-    from attnres_probe.app import catalog
+def served(root: Path) -> dict:
+    from attnres_probe.app import confine
+    from attnres_probe.store import run_paths
 
-    rows = {name: catalog.summarize(root, name) for name in catalog.run_names(root)}
+    return {name: confine.served_info(root, name) for name in run_paths(root)}
+
+
+def test_every_run_under_root_is_listed_with_its_state(root):
+    rows = served(root)
     assert sorted(rows) == sorted([*OPENABLE, BROKEN, ESCAPE])
-    assert rows[BASELINE].state == "finished"
-    assert (rows[BASELINE].kind, rows[BASELINE].layers, rows[BASELINE].sublayers) == (
-        "baseline",
-        3,
-        6,
-    )
-    assert (rows[BASELINE].steps, rows[BASELINE].last_step) == (30, 290)
+    assert rows[BASELINE].status == "finished"
+    assert (rows[BASELINE].residual, rows[BASELINE].n_layers) == ("baseline", 3)
+    assert (rows[BASELINE].n_steps, rows[BASELINE].last_step) == (30, 290)
     assert rows[BASELINE].last_loss is not None and 2.0 < rows[BASELINE].last_loss < 3.0
-    assert rows[LIVE].state == "live" and rows[LIVE].steps == 8
-    assert rows[INTERRUPTED].state == "interrupted" and rows[INTERRUPTED].openable
-    assert rows[HTML_NAME].state == "finished"
+    assert rows[LIVE].status == "live" and rows[LIVE].n_steps == 8
+    assert rows[INTERRUPTED].status == "interrupted" and rows[INTERRUPTED].readable
+    assert rows[HTML_NAME].status == "finished"
 
 
 def test_a_broken_run_is_a_row_with_a_reason_and_the_escape_is_refused(root):
-    from attnres_probe.app import catalog
-
-    broken = catalog.summarize(root, BROKEN)
-    assert broken.state == "broken" and "zarr.json" in broken.message
-    escape = catalog.summarize(root, ESCAPE)
-    assert escape.state == "refused" and "outside ROOT" in escape.message
+    rows = served(root)
+    assert rows[BROKEN].status == "broken" and "zarr.json" in rows[BROKEN].error
+    assert rows[ESCAPE].status == "refused" and "outside ROOT" in rows[ESCAPE].error
+    assert not rows[BROKEN].readable and not rows[ESCAPE].readable

@@ -47,12 +47,12 @@ CHROMIUM_ARGS = [
 PAGES = [
     ("", "Runs", {}, 1),
     ("runs", "Runs", {}, 1),
-    ("dilution", "Dilution", {"run": BASELINE}, 2),
+    ("dilution", "Dilution", {"run": BASELINE}, 4),
     ("depth-attention", "Depth attention", {"run": TRAINED, "step": "2"}, 3),  # + per token
-    ("gradients", "Gradients", {"run": FULL}, 1),
+    ("gradients", "Gradients", {"run": FULL}, 5),
     ("training", "Training", {"compare": [BASELINE, FULL]}, 3),
     ("pruning", "Pruning", {"run": TRAINED}, 0),
-    ("compare", "Compare", {"compare": [BASELINE, FULL]}, 6),
+    ("compare", "Compare", {"compare": [BASELINE, FULL]}, 8),
 ]
 SAMPLE_RUNS = REPO / "sample_runs"
 SAMPLES = sorted(p.name for p in SAMPLE_RUNS.iterdir() if (p / "recording.zarr").is_dir())
@@ -64,12 +64,12 @@ def sample_pages(run: str, compared: list[str]) -> list[tuple[str, str, dict, in
     joined = ",".join(compared)  # the comma form of ?compare=
     return [
         ("", "Runs", {}, 1),
-        ("dilution", "Dilution", {"run": run}, 2),
+        ("dilution", "Dilution", {"run": run}, 4),
         ("depth-attention", "Depth attention", {"run": run}, 3),  # with the per-token map
-        ("gradients", "Gradients", {"run": run}, 1),
+        ("gradients", "Gradients", {"run": run}, 5),  # an AttnRes run: with mass received
         ("training", "Training", {"compare": joined}, 3),
         ("pruning", "Pruning", {"run": run}, 2),
-        ("compare", "Compare", {"compare": joined}, 6),
+        ("compare", "Compare", {"compare": joined}, 8),
     ]
 
 

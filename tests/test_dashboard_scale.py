@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from attnres_probe.app.catalog import ROOT_ENV
+from attnres_probe.app.confine import ROOT_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARD = REPO / "app" / "dashboard.py"

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from kernel_checks import assert_close, fresh_seed
+from kernel_checks import DEVICE, assert_close, fresh_seed
 
 from attnres_probe import ops
 from attnres_probe.kernels import dispatch_triton, reference
@@ -42,7 +42,7 @@ def _inputs():
 def test_under_bf16_autocast_each_op_returns_the_reference_dtypes_and_unchanged_values(op):
     call = _calls(*_inputs())[op]
     plain = call(dispatch_triton)
-    with torch.autocast("cpu", torch.bfloat16):
+    with torch.autocast(DEVICE.type, torch.bfloat16):
         amp = call(dispatch_triton)
         amp_ref = call(reference)
     for out, out_plain, out_ref in zip(amp, plain, amp_ref, strict=True):
@@ -54,7 +54,7 @@ def test_under_bf16_autocast_each_op_returns_the_reference_dtypes_and_unchanged_
 def test_forcing_triton_sends_cpu_tensors_through_the_interpreted_kernels(monkeypatch):
     calls = []
     monkeypatch.setattr(dispatch_triton, "attnres", lambda *a: calls.append(a) or ("out", "w"))
-    sources, query = torch.randn(3, 4, 8), torch.randn(8)
+    sources, query = torch.randn(3, 4, 8, device="cpu"), torch.randn(8, device="cpu")
     monkeypatch.setenv("ATTNRES_PROBE_KERNELS", "triton")
     assert ops.kernel_backend(sources) == "triton"
     assert ops.attnres(sources, query) == ("out", "w") and len(calls) == 1
@@ -75,6 +75,7 @@ def _recording(n_sources: int, grads: bool = False) -> ops.Recording:
         sums,
         {"depth_tokens": 2},
         ["norm_grad_sq"] if grads else [],
+        device=DEVICE,
         sources_at=lambda site: tuple(range(n_sources if site == 1 else 1)),
         n_sites=2,
         norm_grads=grads,

@@ -4,12 +4,10 @@ import contextlib
 
 import pytest
 import torch
-from kernel_checks import fresh_seed, rel_err
+from kernel_checks import DEVICE, fresh_seed, rel_err
 from torch.utils.checkpoint import checkpoint
 
-from attnres_probe import ops
-from attnres_probe.hooks.layout import RowLayout
-from attnres_probe.hooks.taps import NativeTaps
+from attnres_probe.hooks.taps import native_recording
 from attnres_probe.models.config import ModelConfig
 from attnres_probe.models.model import build_model
 
@@ -31,18 +29,12 @@ def _model(kind: str) -> torch.nn.Module:
     return model
 
 
-def _recording(model) -> ops.Recording:
-    """The Recording the probe gives ``model`` (its own layout)."""
-    taps = NativeTaps(model)
-    return RowLayout(taps.shape).recording("cpu", taps.sources_at)
-
-
 def _run(model, idx, backend, monkeypatch, *, use_checkpoint=False, autocast=False):
     """(logits, {parameter: grad}, Recording) of one recorded forward + backward."""
     monkeypatch.setenv("ATTNRES_PROBE_KERNELS", backend)
-    rec = model.recording = _recording(model)
+    rec = model.recording = native_recording(model)
     model.zero_grad(set_to_none=True)
-    amp = torch.autocast("cpu", torch.bfloat16) if autocast else contextlib.nullcontext()
+    amp = torch.autocast(DEVICE.type, torch.bfloat16) if autocast else contextlib.nullcontext()
     try:
         with amp:
             logits = checkpoint(model, idx, use_reentrant=False) if use_checkpoint else model(idx)

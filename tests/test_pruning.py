@@ -347,15 +347,19 @@ def _random_model(residual: str, **sizes):
 
 
 @pytest.mark.parametrize(
-    ("residual", "sizes", "removed", "independent"),
+    ("residual", "sizes", "removed", "independent", "zero_differs"),
     [
-        ("full", {"n_layers": 3}, {2}, _full_without),  # L1.attn
-        ("full", {"n_layers": 3}, {0, 1}, _full_without),  # layer L0
-        ("block", {"n_layers": 4, "n_blocks": 4}, {2, 3}, _block_without),  # block2
-        ("block", {"n_layers": 4, "n_blocks": 2}, {4}, _block_without),  # a block's first
+        ("full", {"n_layers": 3}, {2}, _full_without, True),  # L1.attn
+        ("full", {"n_layers": 3}, {0, 1}, _full_without, True),  # layer L0
+        ("block", {"n_layers": 4, "n_blocks": 4}, {2, 3}, _block_without, True),  # block2
+        # A block's first sublayer: zeroed, the partial sum it starts is a zero source in one
+        # softmax only, which just rescales the next sublayer's input — and its norm undoes that.
+        ("block", {"n_layers": 4, "n_blocks": 2}, {4}, _block_without, False),
     ],
 )
-def test_mask_removal_equals_a_forward_without_those_sources(residual, sizes, removed, independent):
+def test_mask_removal_equals_a_forward_without_those_sources(
+    residual, sizes, removed, independent, zero_differs
+):
     model, idx = _random_model(residual, **sizes)
     with torch.no_grad():
         np.testing.assert_allclose(model(idx), independent(model, idx, set()), atol=1e-5)
@@ -364,7 +368,7 @@ def test_mask_removal_equals_a_forward_without_those_sources(residual, sizes, re
         zeroed = model(idx, skip=removed, removal="zero")
     np.testing.assert_allclose(masked, expected, atol=1e-5)
     # A zero source stays inside the later softmaxes: not the same model.
-    assert (zeroed - expected).abs().max() > 1e-3
+    assert ((zeroed - expected).abs().max() > 1e-3) == zero_differs
 
 
 def test_a_baseline_model_has_no_mask_removal():
@@ -387,7 +391,9 @@ def test_pruning_a_full_checkpoint_stores_mask_and_zero_side_by_side():
     for removal, res in (("mask", mask), ("zero", zero)):
         stored = pruning.pruning_results(ds, "layer", removal)
         np.testing.assert_allclose(stored["prune_loss"], res["prune_loss"], rtol=1e-6)
-    assert not np.allclose(mask["prune_loss"], zero["prune_loss"])
+    # (How far the two modes' losses differ depends on how trained the depth queries are:
+    # near their zero start every depth softmax is uniform and zeroing a source only rescales
+    # what the norms normalise; the model-level test above shows the difference.)
     assert float(mask["prune_base_loss"]) == pytest.approx(float(zero["prune_base_loss"]))
     greedy = prune_path(run, batches=2)
     assert greedy.attrs["removal"] == "mask"

@@ -23,7 +23,7 @@ each rule catching what it is meant to catch, and leaving the safe spelling alon
 The dashboard's other guarantees live beside its code: it binds to 127.0.0.1 unless told
 otherwise (tests/test_app_cli.py::test_dashboard_binds_localhost_headless_over_the_given_root),
 serves only runs under its ROOT and shows names and attributes literally (tests/test_app.py,
-tests/test_app_catalog.py).
+tests/test_app_confine.py).
 """
 
 from __future__ import annotations

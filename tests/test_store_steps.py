@@ -104,7 +104,7 @@ def test_export_and_info_of_a_run_with_a_damaged_step_coordinate_work_and_say_so
 def test_dashboard_pages_of_a_run_with_a_damaged_step_coordinate_draw(tmp_path, monkeypatch, page):
     from streamlit.testing.v1 import AppTest
 
-    from attnres_probe.app.catalog import ROOT_ENV
+    from attnres_probe.app.confine import ROOT_ENV
 
     _damaged_run(tmp_path / "damaged")
     monkeypatch.setenv(ROOT_ENV, str(tmp_path))

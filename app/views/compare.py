@@ -9,7 +9,7 @@ from attnres_probe import figures
 from attnres_probe.app import ui
 
 ui.header("Compare")
-rows = [r for r in ui.current_rows() if r.openable]
+rows = [r for r in ui.current_rows() if r.readable]
 root = ui.root()
 
 
@@ -29,10 +29,10 @@ elif len(rows) < 2:
 else:
     names = [r.name for r in rows]
     default = names[:2]
-    kinds = {r.kind for r in rows}
+    kinds = {r.residual for r in rows}
     if "baseline" in kinds and len(kinds) > 1:  # show the contrast the project is about
-        base = next(r.name for r in rows if r.kind == "baseline")
-        other = next(r.name for r in rows if r.kind != "baseline")
+        base = next(r.name for r in rows if r.residual == "baseline")
+        other = next(r.name for r in rows if r.residual != "baseline")
         default = [base, other]
     chosen = ui.compare_picker(names, default)
     if len(chosen) < 2:
@@ -72,4 +72,4 @@ else:
                 ui.chart(lambda: no_legend(figures.depth_entropy(shown, **kw)), "cmp_entropy", True)
             ui.chart(lambda: figures.depth_heatmap(shown, **kw), "cmp_heatmap")
 
-        ui.live(body, is_live=any(by_name[n].state == "live" for n in chosen))
+        ui.live(body, is_live=any(by_name[n].status == "live" for n in chosen))

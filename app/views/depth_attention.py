@@ -6,16 +6,17 @@ from __future__ import annotations
 import streamlit as st
 
 from attnres_probe import figures
-from attnres_probe.app import catalog, tokens, ui
+from attnres_probe.app import tokens, ui
+from attnres_probe.app.text import literal
 
 ui.header("Depth attention")
 picked = ui.selected(ui.current_rows())
 
 if picked is not None:
     row, path = picked
-    if row.kind == "baseline":
+    if row.residual == "baseline":
         st.info(
-            catalog.literal(
+            literal(
                 f"{row.name} is a PreNorm baseline: it has no depth attention. Pick a full or "
                 "block AttnRes run in the sidebar."
             )
@@ -49,10 +50,10 @@ if picked is not None:
             )
             ui.chart(lambda: figures.depth_entropy(runs, step=step, fraction=1.0), "entropy", True)
 
-        ui.live(body, is_live=row.state == "live", path=path, row=row)
+        ui.live(body, is_live=row.status == "live", path=path, row=row)
 
         st.subheader("Per token")
-        if not row.has_checkpoint:
+        if not ui.has_checkpoint(path):
             st.info(
                 "This run has no checkpoint (checkpoint.safetensors), so there is no model to "
                 "run on an input; runs made with `attnres-probe train` save one at the end."

@@ -57,4 +57,4 @@ if picked is not None:
         ui.chart(lambda: figures.layer_output(runs, step=step, fraction=1.0), key="layer_output")
         ui.chart(lambda: figures.growth_over_training({row.name: ds}), key="growth_over_training")
 
-    ui.live(body, is_live=row.state == "live", path=path, row=row)
+    ui.live(body, is_live=row.status == "live", path=path, row=row)

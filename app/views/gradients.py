@@ -37,9 +37,9 @@ if picked is not None:
         )
         ui.chart(lambda: figures.excess_over_training({row.name: ds}), "excess", True)
         ui.chart(lambda: figures.grad_depth(runs, step=step, fraction=1.0), "grad", True)
-        if row.kind != "baseline":
+        if row.residual != "baseline":
             ui.chart(
                 lambda: figures.mass_received(runs, step=step, fraction=1.0), "mass_received", True
             )
 
-    ui.live(body, is_live=row.state == "live", path=path, row=row)
+    ui.live(body, is_live=row.status == "live", path=path, row=row)

@@ -11,7 +11,8 @@ import streamlit as st
 
 from attnres_probe import figures
 from attnres_probe.analysis import pruning as pruning_analysis
-from attnres_probe.app import catalog, ui
+from attnres_probe.app import ui
+from attnres_probe.app.text import literal
 
 REMOVAL_NOTES = {
     "mask": "mask: the removed unit leaves every later depth softmax, which renormalises over "
@@ -28,7 +29,7 @@ def measure(path, granularity: str, removal: str) -> None:
     bar = st.progress(0.0, text="starting…")
 
     def progress(done: int, total: int, unit: str) -> None:
-        bar.progress(done / total, text=catalog.literal(f"{done}/{total}: {unit}"))
+        bar.progress(done / total, text=literal(f"{done}/{total}: {unit}"))
 
     try:
         pruning_analysis.prune_run(
@@ -75,15 +76,15 @@ def stored_table(ds, granularity: str) -> None:
 
 if picked is not None:
     row, path = picked
-    choices = ["layer", "sublayer"] + (["block"] if row.kind == "block" else [])
+    choices = ["layer", "sublayer"] + (["block"] if row.residual == "block" else [])
     granularity = (
         st.segmented_control(
             "Remove one", choices, default="layer", key="granularity", bind="query-params"
         )
         or "layer"
     )
-    removals = list(pruning_analysis.REMOVALS) if row.kind != "baseline" else ["zero"]
-    default = pruning_analysis.default_removal(row.kind or "baseline")
+    removals = list(pruning_analysis.REMOVALS) if row.residual != "baseline" else ["zero"]
+    default = pruning_analysis.default_removal(row.residual or "baseline")
     removal = (
         st.segmented_control(
             "Removal", removals, default=default, key="removal", bind="query-params"
@@ -94,10 +95,10 @@ if picked is not None:
         removal = default
     st.caption(
         REMOVAL_NOTES[removal]
-        + ("" if row.kind != "baseline" else " — a baseline has no depth softmax, so only zero")
+        + ("" if row.residual != "baseline" else " — a baseline has no depth softmax, so only zero")
     )
     ds = ui.load(path)
-    st.caption(catalog.literal(ui.describe_row(row)))
+    st.caption(literal(ui.describe_row(row)))
     stored_table(ds, granularity)
     drawn = ui.chart(
         lambda: figures.pruning({row.name: ds}, granularity=granularity, removal=removal),
@@ -119,7 +120,7 @@ if picked is not None:
         if granularity == "layer" and "prune_path_loss" in ds.data_vars:
             ui.chart(lambda: figures.prune_path({row.name: ds}), "prune_path", True)
     else:
-        if row.has_checkpoint:
+        if ui.has_checkpoint(path):
             st.markdown(
                 "Measure it now: the checkpoint is run on held-out batches with each "
                 f"{granularity} removed in turn ({removal}); the result is stored in the run "

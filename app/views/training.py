@@ -6,12 +6,13 @@ from __future__ import annotations
 import streamlit as st
 
 from attnres_probe import figures
-from attnres_probe.app import catalog, ui
+from attnres_probe.app import ui
+from attnres_probe.app.text import literal
 
 MAX_RUNS = 8
 
 ui.header("Training")
-rows = [r for r in ui.current_rows() if r.openable and r.steps > 0]
+rows = [r for r in ui.current_rows() if r.readable and r.n_steps > 0]
 root = ui.root()
 
 if root.path is None:
@@ -43,7 +44,7 @@ else:
             seeds = ui.seeds_picker(runs)
             ui.chart(lambda: figures.over_training(runs, measure, seeds), "measure_chart", True)
             st.caption(
-                catalog.literal(
+                literal(
                     "Below: every sublayer (rows) at every recorded step (columns); a seed "
                     "group is its runs' mean."
                 )
@@ -51,4 +52,4 @@ else:
             ui.chart(lambda: figures.grad_map(runs, seeds=seeds), "grad_map")
             ui.chart(lambda: figures.update_map(runs, seeds=seeds), "update_map")
 
-        ui.live(body, is_live=any(by_name[n].state == "live" for n in chosen))
+        ui.live(body, is_live=any(by_name[n].status == "live" for n in chosen))

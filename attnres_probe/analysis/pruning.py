@@ -42,6 +42,8 @@ from attnres_probe.analysis.select import (
     snapshot,
 )
 from attnres_probe.analysis.stats import spearman
+from attnres_probe.checkpoint import CONFIG_FILE
+from attnres_probe.store import open_run, write_static_variables
 
 GRANULARITIES = ("layer", "sublayer", "block")
 REMOVALS = ("mask", "zero")
@@ -86,8 +88,6 @@ def check_removal(residual: str, removal: str | None) -> str:
 def run_residual(run: str | Path) -> str | None:
     """The residual kind of a run's checkpoint (its ``config.json``), read without torch;
     None when the run has no readable checkpoint configuration (loading it says why)."""
-    from attnres_probe.checkpoint import CONFIG_FILE
-
     try:
         document = json.loads((_run_dir(run) / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
@@ -408,8 +408,6 @@ def _run_dir(run: str | Path) -> Path:
 
 def save_results(run_dir: str | Path, results: xr.Dataset) -> None:
     """Write ``results`` into the run store, merged with stored results of other granularities."""
-    from attnres_probe.store import open_run, write_static_variables
-
     run_dir = _run_dir(run_dir)
     try:
         old = pruning_results(open_run(run_dir), None)

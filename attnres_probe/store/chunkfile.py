@@ -15,6 +15,7 @@ import os
 import uuid
 
 import numpy as np
+from google_crc32c import value as crc32c
 from zarr.codecs import BytesCodec, Crc32cCodec
 from zarr.codecs.bytes import Endian
 from zarr.core.chunk_grids import RegularChunkGrid
@@ -46,8 +47,6 @@ def chunk_path(loc: Location, name: str, arr, index: int) -> str:
 
 def encode(block: np.ndarray) -> bytes:
     """A full chunk as stored: its little-endian bytes, then their CRC32C."""
-    from google_crc32c import value as crc32c
-
     body = np.ascontiguousarray(block, dtype=block.dtype.newbyteorder("<")).tobytes()
     return body + crc32c(body).to_bytes(4, "little")
 
@@ -55,8 +54,6 @@ def encode(block: np.ndarray) -> bytes:
 def decode(raw: bytes, arr) -> np.ndarray | None:
     """The chunk ``raw`` of ``arr`` as an array [chunk rows, ...]; None when its size or
     checksum is wrong (a damaged file)."""
-    from google_crc32c import value as crc32c
-
     dtype = np.dtype(arr.dtype).newbyteorder("<")
     count = arr.chunks[0] * math.prod(arr.shape[1:])
     if len(raw) != count * dtype.itemsize + 4:

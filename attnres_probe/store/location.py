@@ -2,6 +2,11 @@
 
 The few file operations the store needs beyond zarr (existence, raw bytes of ``zarr.json``,
 listings for chunk checks, temp-file clean-up, modification times) on either kind of place.
+
+A local run may be *confined* to a folder (a dashboard's ROOT): then no file of its store is
+read whose path resolves, symlinks followed, outside that folder. A reader refuses such a run
+whole (:meth:`Location.check_confined`, :class:`ConfinementError`) before it reads any data,
+and each later read checks its own file again.
 """
 
 from __future__ import annotations
@@ -11,15 +16,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import fsspec
 import zarr
 
-from attnres_probe.store.schema import STORE_NAME, RunNotFoundError
+from attnres_probe.store.schema import (
+    STORE_NAME,
+    ConfinementError,
+    RunNotFoundError,
+    RunStoreError,
+)
 
 TEMP_SUFFIX = ".partial"  # zarr's LocalStore writes FILE.<uuid>.partial, then renames it
 
 
 def is_url(text: str) -> bool:
     return "://" in text and not text.startswith("file://")
+
+
+def within(path: str, folder: str) -> bool:
+    """True when ``path`` is ``folder`` or below it (both resolved, absolute)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 @dataclass(frozen=True)
@@ -32,27 +48,75 @@ class Location:
     store: str
     fs: Any = None
     storage_options: Mapping[str, Any] = field(default_factory=dict)
+    confine: str | None = None  # a resolved local folder no file read may resolve outside
 
     @staticmethod
-    def of(path: Any, storage_options: Mapping[str, Any] | None = None) -> Location:
-        """Where ``path`` (a run directory or a ``.zarr`` store) puts its store."""
+    def of(
+        path: Any, storage_options: Mapping[str, Any] | None = None, confine: Any = None
+    ) -> Location:
+        """Where ``path`` (a run directory or a ``.zarr`` store) puts its store; ``confine``:
+        the local folder every file read for it must resolve inside (None: anywhere)."""
         shown = os.fspath(path)
         text = shown[len("file://") :] if shown.startswith("file://") else shown
         options = dict(storage_options or {})
         fs = None
         if is_url(text):
-            import fsspec
-
             fs, _ = fsspec.core.url_to_fs(text, **options)
+        if confine is not None:
+            if fs is not None:
+                raise RunStoreError(
+                    f"run {shown}: confine= applies to runs on the local disk, not to URLs; "
+                    "leave it out for a remote run"
+                )
+            confine = os.path.realpath(os.fspath(confine))
         text = text.rstrip("/") or "/"
         if text.endswith(".zarr"):
             parent = text.rsplit("/", 1)[0] if "/" in text else "."
-            return Location(shown, parent, text, fs, options)
-        return Location(shown, text, f"{text}/{STORE_NAME}", fs, options)
+            return Location(shown, parent, text, fs, options, confine)
+        return Location(shown, text, f"{text}/{STORE_NAME}", fs, options, confine)
 
     def bare(self, store: str) -> Location:
         """The same run with its store at ``store`` (a bare store not named ``*.zarr``)."""
-        return Location(self.shown, self.run_dir, store, self.fs, self.storage_options)
+        return Location(
+            self.shown, self.run_dir, store, self.fs, self.storage_options, self.confine
+        )
+
+    # -- confinement
+
+    def inside(self, target: str) -> str:
+        """``target``, once it resolves (symlinks followed) inside ``confine``; else
+        ConfinementError. Without ``confine``, ``target`` unchecked."""
+        if self.confine is not None and not within(os.path.realpath(target), self.confine):
+            shown = os.path.relpath(target, self.run_dir) if target != self.run_dir else "it"
+            raise ConfinementError(
+                f"run {self.shown}: {shown} resolves outside {self.confine} (a symlink); "
+                "files outside that folder are never read: put the run's own files there"
+            )
+        return target
+
+    def check_confined(self) -> None:
+        """ConfinementError when the store, or any file or folder in it, resolves outside
+        ``confine`` (symlinked folders that stay inside are checked through)."""
+        if self.confine is None:
+            return
+        self.inside(self.run_dir)
+        self.inside(self.store)
+        seen, todo = set(), [self.store]
+        while todo:
+            folder = todo.pop()
+            real = os.path.realpath(folder)
+            if real in seen:  # a symlink loop inside the folder
+                continue
+            seen.add(real)
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:  # not listable: reading it fails later with its own error
+                continue
+            for entry in entries:
+                if entry.is_symlink():
+                    self.inside(entry.path)
+                if entry.is_dir():
+                    todo.append(entry.path)
 
     # -- paths
 
@@ -80,7 +144,7 @@ class Location:
         try:
             if self.fs is not None:
                 return self.fs.cat_file(self._fs(self.key(key)))
-            with open(self.key(key), "rb") as f:
+            with open(self.inside(self.key(key)), "rb") as f:
                 return f.read()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
@@ -159,9 +223,13 @@ class Location:
         )
 
 
-def locate(path: Any, storage_options: Mapping[str, Any] | None = None) -> Location:
-    """The location of an existing run; RunNotFoundError when there is none at ``path``."""
-    loc = Location.of(path, storage_options)
+def locate(
+    path: Any, storage_options: Mapping[str, Any] | None = None, confine: Any = None
+) -> Location:
+    """The location of an existing run; RunNotFoundError when there is none at ``path``.
+    With ``confine``, every file the location reads is checked; :meth:`Location.check_confined`
+    checks the whole store at once."""
+    loc = Location.of(path, storage_options, confine)
     given_store = loc.shown.rstrip("/").endswith(".zarr")
     if not loc.exists(loc.store if given_store else loc.run_dir):
         raise RunNotFoundError(f"run {loc.shown} does not exist; check the path")

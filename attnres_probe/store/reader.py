@@ -10,7 +10,6 @@ an unusable variable is left out — announced by a :class:`RunStoreWarning` and
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
 import warnings
@@ -22,8 +21,10 @@ import numpy as np
 import zarr
 
 from attnres_probe.store import chunkfile
+from attnres_probe.store.damage import describe_spans, metadata_problem, missing_rows
 from attnres_probe.store.header import effective_status, open_group, read_header, writer_alive
 from attnres_probe.store.location import Location, locate
+from attnres_probe.store.repair import repair as repair_store
 from attnres_probe.store.schema import (
     HIDDEN_ATTRS,
     LAZY_BYTES,
@@ -37,10 +38,11 @@ from attnres_probe.store.schema import (
     run_error,
 )
 
+# xarray (with pandas: ~70 MB, ~1 s) is imported where a Dataset is built, not here: every
+# training process imports the store to write its run and never reads one.
 if TYPE_CHECKING:
     import xarray as xr
 
-MAX_CHUNKS = 200_000  # more chunks than this in one array means its metadata is damaged
 MAX_ELEMENTS = 2**31
 REREADS = 3  # tries to read a run whose recording is being replaced
 
@@ -53,28 +55,6 @@ def warn_dropped(shown: str, notes: list[str], stacklevel: int) -> None:
 
 
 # ----------------------------------------------------------------------------- chunks
-
-
-def missing_rows(loc: Location, name: str, arr, rows: int) -> list[tuple[int, int]]:
-    """Ranges [first, end) along the first dim whose chunk files are missing from array
-    ``name`` (considering rows [0, rows) only; a 0-d array is one chunk)."""
-    chunks = arr.chunks
-    extent = (rows, *arr.shape[1:]) if arr.ndim else ()
-    counts = [math.ceil(e / c) if c else 0 for e, c in zip(extent, chunks, strict=True)]
-    if math.prod(counts) > MAX_CHUNKS:
-        raise RunStoreError(f"{math.prod(counts)} chunks: its chunk metadata is damaged")
-    present = loc.files(name)
-    missing = set()
-    for coords in itertools.product(*(range(c) for c in counts)):
-        if arr.metadata.encode_chunk_key(coords) not in present:
-            first = coords[0] * chunks[0] if coords else 0
-            missing.add((first, min(first + chunks[0], rows) if coords else 0))
-    return sorted(missing)
-
-
-def describe_spans(spans: list[tuple[int, int]]) -> str:
-    shown = [f"{a}–{b - 1}" if b - a > 1 else f"{a}" for a, b in spans[:4]]
-    return ", ".join(shown) + (f" and {len(spans) - 4} more" if len(spans) > 4 else "")
 
 
 def _read_rows(arr, rows: int | None, name: str, notes: list[str]) -> np.ndarray:
@@ -119,7 +99,7 @@ def _read_direct(
         lo, hi = max(first, i * length), min(end, (i + 1) * length)
         target = out[lo - first : hi - first]
         try:
-            with open(chunkfile.chunk_path(loc, name, arr, i), "rb") as f:
+            with open(loc.inside(chunkfile.chunk_path(loc, name, arr, i)), "rb") as f:
                 raw = f.read()
         except FileNotFoundError:
             target[...] = np.nan
@@ -304,7 +284,9 @@ def _variable(
             spans = describe_spans(missing)
             notes.append(f"{name}: chunk(s) missing at step index {spans}, read as NaN")
         nbytes = math.prod(extent) * np.dtype(arr.dtype).itemsize
-        if per_step and _is_lazy(lazy, name, nbytes):
+        # Confined, zarr's own reads cannot check each file, so they happen now, right after
+        # locate() checked every file; the direct reads check theirs whenever they come.
+        if per_step and _is_lazy(lazy, name, nbytes) and (not loc.confine or _direct(loc, arr)):
             values = _lazy(loc, arr, rows, name, identity)
         elif per_step and _direct(loc, arr):
             values = _read_direct(loc, name, arr, 0, rows, notes)
@@ -341,20 +323,6 @@ def _dataset(data_vars: dict, coords: dict, attrs: dict, notes: list[str]) -> xr
         except Exception as err:  # noqa: BLE001
             notes.append(f"{name}: left out, its sizes disagree with the run ({err})")
     return ds
-
-
-def metadata_problem(loc: Location, name: str, err: Exception) -> str:
-    """Why zarr could not open array ``name``: its zarr.json missing, not JSON, or not Zarr
-    array metadata."""
-    raw = loc.read(f"{name}/zarr.json")
-    if raw is None:
-        return "its zarr.json is missing"
-    try:
-        json.loads(raw)
-    except ValueError:
-        return "its zarr.json is not valid JSON (truncated or corrupt)"
-    detail = str(err).splitlines()[0][:160] if str(err) else ""
-    return f"its zarr.json is not usable array metadata ({type(err).__name__}: {detail})"
 
 
 def _read(loc: Location, lazy, identity) -> tuple[xr.Dataset, list[str]]:
@@ -424,6 +392,7 @@ def open_run(
     repair: bool = False,
     lazy: bool | Collection[str] | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    confine: Any = None,
 ) -> xr.Dataset:
     """The recording of a run as an ``xarray.Dataset``, up to its last committed flush.
 
@@ -438,16 +407,18 @@ def open_run(
     :func:`run_config`), residual, n_layers, versions, schema_version, run_name, n_steps,
     status ('running', 'finished', or 'interrupted' when its writer stopped without
     closing), and 'dropped' after a partial read of a damaged store.
+    confine: a local folder (e.g. a dashboard's ROOT) that every file read must resolve
+    inside, symlinks followed; a run with a file outside it is refused (ConfinementError).
     Raises RunStoreError (RunNotFoundError for a wrong path) when the run cannot be read.
     """
-    loc = locate(path, storage_options)
+    loc = locate(path, storage_options, confine)
     if repair and not writer_alive(loc, read_header(loc)):  # a live run needs no repair
-        from attnres_probe.store.repair import repair as repair_store
-
+        loc.check_confined()  # repair writes: never through a link out of the folder
         repair_store(path, storage_options=storage_options)
     for _ in range(REREADS):
         identity = loc.identity()
         try:
+            loc.check_confined()  # each try: a replaced recording brings its own files
             ds, notes = _read(loc, lazy, identity)
         except RunStoreError:
             if loc.identity() == identity:
@@ -488,10 +459,13 @@ def run_config(ds: xr.Dataset) -> dict[str, Any]:
     return config
 
 
-def store_version(path: Any, storage_options: Mapping[str, Any] | None = None) -> str:
+def store_version(
+    path: Any, storage_options: Mapping[str, Any] | None = None, confine: Any = None
+) -> str:
     """A cheap token that changes whenever the run commits a flush, its status or its static
-    variables change (a cache key for dashboards): ``"{n_steps}-{hash of root zarr.json}"``."""
-    loc = locate(path, storage_options)
+    variables change (a cache key for dashboards): ``"{n_steps}-{hash of root zarr.json}"``.
+    ``confine``: the root ``zarr.json``, the one file read, must resolve inside it."""
+    loc = locate(path, storage_options, confine)
     raw = loc.read("zarr.json")
     header = read_header(loc, raw)
     return f"{header['n_steps']}-{hashlib.blake2b(raw, digest_size=8).hexdigest()}"

@@ -10,9 +10,9 @@ from typing import Any
 
 import zarr
 
+from attnres_probe.store.damage import describe_spans, metadata_problem, missing_rows
 from attnres_probe.store.header import open_group, read_header, refuse_live
 from attnres_probe.store.location import Location, locate
-from attnres_probe.store.reader import describe_spans, metadata_problem, missing_rows
 from attnres_probe.store.schema import STEP, WRITER_KEY, RunStoreError, dims_of, run_error
 
 

@@ -182,6 +182,10 @@ class RunNotFoundError(RunStoreError, FileNotFoundError):
     """The path does not exist or holds no run store."""
 
 
+class ConfinementError(RunStoreError):
+    """A file of the run resolves outside the folder its reader is confined to."""
+
+
 class RunStoreWarning(UserWarning):
     """A run was read in part; the message (and ``ds.attrs['dropped']``) says what was lost."""
 

@@ -1,27 +1,22 @@
-"""Variables without a step dim (e.g. pruning results), and the checks every name, coordinate
-and attribute of a run passes before it is written."""
+"""Variables without a step dim (e.g. pruning results) written whole, and the checks every
+name, coordinate and attribute of a run passes before it is written. The writer builds on
+these; :func:`attnres_probe.store.writer.write_static_variables` is the public entry."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import zarr
 
-from attnres_probe.store.header import open_group, read_header, writer_alive
-from attnres_probe.store.location import Location, locate
 from attnres_probe.store.schema import (
     CHUNK_KEYS,
     ROLE_KEY,
     STEP,
-    RunNotFoundError,
     RunStoreError,
     as_stored,
     compressors,
-    dims_of,
-    role,
 )
 
 
@@ -126,44 +121,3 @@ def write_statics(group, arrays, coords, attrs, sizes: Mapping[str, int], taken)
                 )
     for name, dims, data, array_attrs in prepared:
         write_whole(group, name, data, dims, array_attrs)
-
-
-def write_static_variables(
-    path: Any,
-    arrays: Mapping[str, tuple[Collection[str], Any]],
-    attrs: Mapping[str, Any] | None = None,
-    coords: Mapping[str, Any] | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-) -> None:
-    """Write variables without a step dim into a run: ``arrays`` maps name -> (dims,
-    values), ``attrs`` go on each of them, stored variables of the same names are replaced.
-    A run directory without a recording (trained with the probe off) gets a new store."""
-    try:
-        loc = locate(path, storage_options)
-    except RunNotFoundError:
-        loc = Location.of(path, storage_options)
-        if loc.shown.rstrip("/").endswith(".zarr") or not loc.is_dir(loc.run_dir):
-            raise
-        from attnres_probe.store.writer import RunWriter
-
-        RunWriter(path, {}, storage_options=storage_options).close()
-    header = read_header(loc)
-    group = open_group(loc, "r+")
-    sizes, taken = {}, set()
-    for name in loc.children():
-        try:
-            arr = group[name]
-        except Exception:  # noqa: BLE001 - an unreadable array is replaced or left alone
-            continue
-        dims = dims_of(arr) if isinstance(arr, zarr.Array) else None
-        if dims is None:
-            continue
-        if dims[:1] == (STEP,):
-            taken.add(name)
-        elif role(arr) == "coordinate" and name not in (coords or {}):
-            sizes.update(zip(dims, arr.shape, strict=True))
-            taken.add(name)
-    write_statics(group, arrays, coords, attrs, sizes, taken)
-    if not writer_alive(loc, header):  # a live writer's next commit announces the change
-        header["static_revision"] = int(header.get("static_revision", 0)) + 1
-        group.attrs.put(dict(header))

@@ -1,4 +1,5 @@
-"""Writing a run: :class:`RunWriter` appends recorded steps; static variables on the side.
+"""Writing a run: :class:`RunWriter` appends recorded steps; :func:`write_static_variables`
+puts variables without a step dim on the side.
 
 Every per-step array is chunked along ``step`` (``chunk_steps``, 256 by default) and the
 writer keeps the current chunk of every array in RAM. A flush rewrites that chunk of every
@@ -31,9 +32,11 @@ from attnres_probe.store.header import (
     open_group,
     read_header,
     refuse_live,
+    writer_alive,
     writer_identity,
 )
-from attnres_probe.store.location import Location
+from attnres_probe.store.location import Location, locate
+from attnres_probe.store.repair import repair
 from attnres_probe.store.replace import beside, claim, clear_leftovers, discard, put_in_place
 from attnres_probe.store.schema import (
     CHUNK_KEYS,
@@ -44,10 +47,12 @@ from attnres_probe.store.schema import (
     SCHEMA_VERSION,
     STEP,
     WRITER_KEY,
+    RunNotFoundError,
     RunStoreError,
     RunStoreWarning,
     compressors,
     dims_of,
+    role,
     run_error,
     variable_attrs,
 )
@@ -69,15 +74,19 @@ def chunk_length(flush_every: int, row_bytes: int = 0) -> int:
     return flush_every * per
 
 
-def _versions() -> str:
-    found = {}
-    for pkg in ("attnres-probe", "zarr", "xarray", "numpy", "torch"):
+def versions() -> dict[str, str]:
+    """Python's version and those of the installed packages that shape a recording
+    (transformers too when it is loaded: the model may come from there)."""
+    found = {"python": ".".join(map(str, sys.version_info[:3]))}
+    packages = ["attnres-probe", "torch", "numpy", "zarr", "xarray"]
+    if "transformers" in sys.modules:
+        packages.append("transformers")
+    for name in packages:
         try:
-            found[pkg] = version(pkg)
+            found[name] = version(name)
         except PackageNotFoundError:
             continue
-    found["python"] = ".".join(map(str, sys.version_info[:3]))
-    return json.dumps(found)
+    return found
 
 
 class RunWriter:
@@ -197,7 +206,7 @@ class RunWriter:
             refuse_live(loc, header, "replacing its recording")
         named = loc.store if loc.shown.rstrip("/").endswith(".zarr") else loc.run_dir
         run_name = named.rstrip("/").rsplit("/", 1)[-1].removesuffix(".zarr")
-        attrs = {"run_name": run_name, "versions": _versions(), **self._attrs}
+        attrs = {"run_name": run_name, "versions": json.dumps(versions()), **self._attrs}
         attrs.update(schema_version=SCHEMA_VERSION, status="running", n_steps=0)
         attrs[RECORDING_KEY] = uuid.uuid4().hex
         attrs[WRITER_KEY] = writer_identity()
@@ -260,8 +269,6 @@ class RunWriter:
         )
 
     def _resume(self) -> None:
-        from attnres_probe.store.repair import repair
-
         loc = self._loc
         refuse_live(loc, read_header(loc), "resuming it")
         repair(loc.shown, storage_options=loc.storage_options, force=True)
@@ -502,3 +509,42 @@ class RunWriter:
                 RunStoreWarning,
                 stacklevel=2,
             )
+
+
+def write_static_variables(
+    path: Any,
+    arrays: Mapping[str, tuple[Collection[str], Any]],
+    attrs: Mapping[str, Any] | None = None,
+    coords: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Write variables without a step dim into a run: ``arrays`` maps name -> (dims,
+    values), ``attrs`` go on each of them, stored variables of the same names are replaced.
+    A run directory without a recording (trained with the probe off) gets a new store."""
+    try:
+        loc = locate(path, storage_options)
+    except RunNotFoundError:
+        loc = Location.of(path, storage_options)
+        if loc.shown.rstrip("/").endswith(".zarr") or not loc.is_dir(loc.run_dir):
+            raise
+        RunWriter(path, {}, storage_options=storage_options).close()
+    header = read_header(loc)
+    group = open_group(loc, "r+")
+    sizes, taken = {}, set()
+    for name in loc.children():
+        try:
+            arr = group[name]
+        except Exception:  # noqa: BLE001 - an unreadable array is replaced or left alone
+            continue
+        dims = dims_of(arr) if isinstance(arr, zarr.Array) else None
+        if dims is None:
+            continue
+        if dims[:1] == (STEP,):
+            taken.add(name)
+        elif role(arr) == "coordinate" and name not in (coords or {}):
+            sizes.update(zip(dims, arr.shape, strict=True))
+            taken.add(name)
+    write_statics(group, arrays, coords, attrs, sizes, taken)
+    if not writer_alive(loc, header):  # a live writer's next commit announces the change
+        header["static_revision"] = int(header.get("static_revision", 0)) + 1
+        group.attrs.put(dict(header))

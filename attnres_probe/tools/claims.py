@@ -39,6 +39,7 @@ from attnres_probe.analysis import depth, dilution, gradients, pruning
 from attnres_probe.analysis.seeds import run_seed
 from attnres_probe.analysis.select import AnalysisError, snapshot
 from attnres_probe.figures import site_labels
+from attnres_probe.store import open_run, run_paths
 from attnres_probe.tools import prune_path
 
 KIND_ORDER = ("baseline", "full", "block")
@@ -138,12 +139,10 @@ class KindClaims:
 
 
 def find_runs(root: str | Path) -> dict[str, Path]:
-    """Run directories under ``root`` (any depth) by their path relative to it, sorted."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a directory; pass the folder holding the runs")
-    found = sorted(p.parent for p in root.rglob("recording.zarr") if p.is_dir())
-    return {p.relative_to(root).as_posix(): p for p in found}
+    """Runs under ``root`` (any depth) by their path relative to it, sorted: the store's
+    listing (:func:`attnres_probe.store.run_paths`). FileNotFoundError when ``root`` is not a
+    directory."""
+    return {name: Path(path) for name, path in run_paths(root).items()}
 
 
 def _finite(x) -> float:
@@ -237,8 +236,6 @@ def measure_claims(runs: Mapping[str, xr.Dataset]) -> dict[str, KindClaims]:
 
 def open_runs(root: str | Path) -> dict[str, xr.Dataset]:
     """Every run under ``root`` opened with ``open_run``, by relative path."""
-    from attnres_probe.store import open_run
-
     runs = find_runs(root)
     if not runs:
         raise FileNotFoundError(f"no runs (recording.zarr) under {root}")

@@ -16,8 +16,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from attnres_probe.analysis.pruning import prune_run
+from attnres_probe.data import ByteCorpus
 from attnres_probe.models.config import RESIDUAL_KINDS, ModelConfig
-from attnres_probe.train import TrainConfig
+from attnres_probe.tools.prune_path import prune_path
+from attnres_probe.tools.report import render_report, summarise_runs
+from attnres_probe.train import TrainConfig, train
 
 RUN_FILES = ("recording.zarr", "checkpoint.safetensors", "config.json")
 
@@ -145,8 +149,6 @@ def _clear_run(run_dir: Path) -> None:
 
 def train_kinds(cfg: DemoConfig, progress: DemoProgress, corpus) -> dict[str, Path]:
     """Train every kind of ``cfg`` into ``out/<kind>``; returns kind -> run directory."""
-    from attnres_probe.train import train
-
     runs = {}
     for kind in cfg.kinds:
         run_dir = Path(cfg.out) / kind
@@ -162,9 +164,6 @@ def train_kinds(cfg: DemoConfig, progress: DemoProgress, corpus) -> dict[str, Pa
 
 def prune_kinds(cfg: DemoConfig, runs: dict[str, Path], progress: DemoProgress) -> None:
     """Single-layer pruning sensitivity and the greedy pruning path of every run, stored."""
-    from attnres_probe.analysis.pruning import prune_run
-    from attnres_probe.tools.prune_path import prune_path
-
     total = 2 * cfg.layers + 1  # intact model, each layer alone, then the greedy path
     for kind, run_dir in runs.items():
 
@@ -180,9 +179,6 @@ def prune_kinds(cfg: DemoConfig, runs: dict[str, Path], progress: DemoProgress) 
 
 def run_demo(cfg: DemoConfig | None = None, progress: DemoProgress | None = None) -> DemoResult:
     """Train, prune and report as ``cfg`` says; returns the runs, the report and headlines."""
-    from attnres_probe.data import ByteCorpus
-    from attnres_probe.tools.report import render_report, summarise_runs
-
     cfg = cfg or DemoConfig()
     progress = progress or DemoProgress()
     out = Path(cfg.out)

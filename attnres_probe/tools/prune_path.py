@@ -25,6 +25,7 @@ import xarray as xr
 
 from attnres_probe.analysis.pruning import default_removal, pruning_results
 from attnres_probe.analysis.select import AnalysisError, run_name
+from attnres_probe.store import open_run, write_static_variables
 
 DEFAULT_TOLERANCE = 0.01  # 1 % of the intact model's held-out loss
 PATH_VARIABLES = ("prune_path_unit", "prune_path_loss")
@@ -98,7 +99,6 @@ def prune_path(
     from attnres_probe.checkpoint import load_checkpoint
     from attnres_probe.data import ByteCorpus
     from attnres_probe.models import ModelConfig, build_model
-    from attnres_probe.store import open_run, write_static_variables
     from attnres_probe.train import evaluate
 
     run_dir = Path(run).parent if Path(run).suffix == ".zarr" else Path(run)

@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import xarray as xr
+from plotly.offline import get_plotlyjs
 
 from attnres_probe import figures
 from attnres_probe.analysis.select import AnalysisError
 from attnres_probe.analysis.summary import run_summary
 from attnres_probe.checkpoint import checkpoint_facts
+from attnres_probe.store import open_run
 from attnres_probe.tools import claims, prune_path
 from attnres_probe.tools.findings import DESCRIPTIONS, finding
 
@@ -298,8 +300,6 @@ def render_report(
 ) -> str:
     """The report page as one HTML string: headline table, then every figure of
     :data:`figures.FIGURES` over ``datasets`` (name -> recorded run)."""
-    from plotly.offline import get_plotlyjs
-
     if not datasets:
         raise AnalysisError("no runs given; the report needs at least one recorded run")
     summaries = summaries or {n: run_summary(ds) for n, ds in datasets.items()}
@@ -361,8 +361,6 @@ def layers_removable(ds: xr.Dataset) -> dict[str, int] | None:
 def summarise_runs(runs: Mapping[str, str | Path]) -> tuple[dict[str, xr.Dataset], dict]:
     """Open every run (name -> run directory) and compute its headline summary
     (:func:`run_summary` plus ``layers_removable``)."""
-    from attnres_probe.store import open_run
-
     datasets = {name: open_run(path) for name, path in runs.items()}
     summaries = {}
     for name, ds in datasets.items():
@@ -372,17 +370,3 @@ def summarise_runs(runs: Mapping[str, str | Path]) -> tuple[dict[str, xr.Dataset
         summary["layers_removable"] = layers_removable(ds)
         summaries[name] = summary
     return datasets, summaries
-
-
-def write_report(
-    runs: Mapping[str, str | Path],
-    out_html: str | Path,
-    title: str = "attnres-probe report",
-    subtitle: str = "",
-) -> Path:
-    """Write the report over ``runs`` (name -> run directory) to ``out_html``; returns its path."""
-    datasets, summaries = summarise_runs(runs)
-    out = Path(out_html)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(datasets, summaries, title, subtitle), encoding="utf-8")
-    return out

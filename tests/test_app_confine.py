@@ -1,4 +1,5 @@
-"""The dashboard's run catalog serves only runs under its ROOT, whatever a URL names."""
+"""The dashboard serves only runs under its ROOT, whatever a URL names; it lists runs with the
+store's own listing and shows the store's own statuses."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import re
 
 import pytest
 
-from attnres_probe.app import catalog
+from attnres_probe.app import confine
+from attnres_probe.app.text import literal
+from attnres_probe.store import run_info, run_paths
 
 
 def make_run(path):
@@ -28,15 +31,15 @@ def tree(tmp_path):
     return root, outside
 
 
-def test_run_names_lists_runs_below_root_in_order(tree):
+def test_the_store_lists_runs_below_root_in_order_symlinks_included(tree):
     root, _ = tree
-    assert catalog.run_names(root) == ["alias", "base", "escape", "exp/full"]
+    assert list(run_paths(root)) == ["alias", "base", "escape", "exp/full"]
 
 
 def test_a_run_inside_root_resolves_to_its_directory(tree):
     root, _ = tree
-    assert catalog.resolve_run(root, "exp/full") == (root / "exp" / "full").resolve()
-    assert catalog.resolve_run(root, "alias") == (root / "base").resolve()
+    assert confine.resolve_run(root, "exp/full") == (root / "exp" / "full").resolve()
+    assert confine.resolve_run(root, "alias") == (root / "base").resolve()
 
 
 @pytest.mark.parametrize(
@@ -54,22 +57,23 @@ def test_a_run_inside_root_resolves_to_its_directory(tree):
 )
 def test_names_that_leave_root_or_are_not_runs_are_refused(tree, name, why):
     root, _ = tree
-    with pytest.raises(catalog.RunRefused, match=why):
-        catalog.resolve_run(root, name)
+    with pytest.raises(confine.RunRefused, match=why):
+        confine.resolve_run(root, name)
 
 
 def test_an_absolute_path_is_refused_even_when_it_is_a_run(tree):
     root, outside = tree
     for name in (str(outside), str(root / "base"), "C:\\runs\\base", "\\\\host\\share"):
-        with pytest.raises(catalog.RunRefused, match="absolute"):
-            catalog.resolve_run(root, name)
+        with pytest.raises(confine.RunRefused, match="absolute"):
+            confine.resolve_run(root, name)
 
 
-def test_a_symlink_escaping_root_is_listed_as_refused_not_opened(tree):
+def test_a_symlink_escaping_root_is_listed_as_refused_not_opened(tree, monkeypatch):
     root, _ = tree
     opened = []
-    row = catalog.summarize(root, "escape", run_info=lambda path, name: opened.append(path))
-    assert row.state == "refused" and "outside ROOT" in row.message
+    monkeypatch.setattr(confine, "run_info", lambda *args, **kwargs: opened.append(args))
+    row = confine.served_info(root, "escape")
+    assert row.status == "refused" and "outside ROOT" in row.error
     assert opened == []
 
 
@@ -86,19 +90,19 @@ def test_a_symlink_escaping_root_is_listed_as_refused_not_opened(tree):
 )
 def test_spelled_out_and_percent_encoded_escapes_are_refused(tree, name, why):
     root, _ = tree
-    with pytest.raises(catalog.RunRefused, match=why):
-        catalog.resolve_run(root, name)
+    with pytest.raises(confine.RunRefused, match=why):
+        confine.resolve_run(root, name)
 
 
 def test_a_percent_encoded_name_is_a_literal_folder_name_inside_root(tree):
     """Names are never decoded: a folder really called '%2e%2e' is that folder, inside ROOT."""
     root, _ = tree
     literal_dots = make_run(root / "%2e%2e" / "outside")
-    assert catalog.resolve_run(root, "%2e%2e/outside") == literal_dots.resolve()
+    assert confine.resolve_run(root, "%2e%2e/outside") == literal_dots.resolve()
 
 
 @pytest.mark.parametrize("part", ["recording.zarr", "checkpoint.safetensors", "config.json"])
-def test_a_run_whose_files_are_symlinks_leaving_root_is_refused(tree, part):
+def test_a_run_whose_files_are_symlinks_leaving_root_is_refused(tree, part, monkeypatch):
     root, outside = tree
     (outside / "checkpoint.safetensors").write_bytes(b"weights")
     (outside / "config.json").write_text("{}")
@@ -107,41 +111,38 @@ def test_a_run_whose_files_are_symlinks_leaving_root_is_refused(tree, part):
     if part != "recording.zarr":
         make_run(sneaky)
     (sneaky / part).symlink_to(outside / part)
-    assert "sneaky" in catalog.run_names(root)
-    with pytest.raises(catalog.RunRefused, match=f"keeps {part} outside ROOT"):
-        catalog.resolve_run(root, "sneaky")
+    assert "sneaky" in run_paths(root)
+    with pytest.raises(confine.RunRefused, match=f"keeps {part} outside ROOT"):
+        confine.resolve_run(root, "sneaky")
     opened = []
-    row = catalog.summarize(root, "sneaky", run_info=lambda path, name: opened.append(path))
-    assert row.state == "refused" and opened == []
+    monkeypatch.setattr(confine, "run_info", lambda *args, **kwargs: opened.append(args))
+    row = confine.served_info(root, "sneaky")
+    assert row.status == "refused" and opened == []
 
 
 def test_a_run_that_fails_to_open_becomes_a_broken_row_with_the_reason(tree):
     root, _ = tree
-
-    def failing(path, name):
-        raise ValueError(f"store {name} has no commit marker; it may be half-written")
-
-    row = catalog.summarize(root, "base", run_info=failing)
-    assert row.state == "broken" and not row.openable
-    assert "half-written" in row.message
+    row = confine.served_info(root, "base")  # its zarr.json is "{}"
+    assert row.status == "broken" and not row.readable
+    assert "does not describe a Zarr v3 store" in row.error
 
 
 def test_root_comes_from_the_environment_and_a_missing_one_says_so(tmp_path):
-    assert catalog.dashboard_root({catalog.ROOT_ENV: str(tmp_path)}).path == tmp_path.resolve()
-    missing = catalog.dashboard_root({catalog.ROOT_ENV: str(tmp_path / "nope")})
+    assert confine.dashboard_root({confine.ROOT_ENV: str(tmp_path)}).path == tmp_path.resolve()
+    missing = confine.dashboard_root({confine.ROOT_ENV: str(tmp_path / "nope")})
     assert missing.path is None and "not a directory" in missing.note
 
 
 def test_without_root_the_bundled_samples_are_used_or_their_absence_explained(monkeypatch):
-    monkeypatch.setattr(catalog, "bundled_sample_runs", lambda: None)
-    root = catalog.dashboard_root({})
+    monkeypatch.setattr(confine, "bundled_sample_runs", lambda: None)
+    root = confine.dashboard_root({})
     assert root.path is None and "sample_runs" in root.note and "dashboard" in root.note
 
 
 def test_a_single_run_as_root_is_listed_as_dot(tmp_path):
     run = make_run(tmp_path / "run")
-    assert catalog.run_names(run) == ["."]
-    assert catalog.resolve_run(run, ".") == run.resolve()
+    assert list(run_paths(run)) == ["."]
+    assert confine.resolve_run(run, ".") == run.resolve()
 
 
 @pytest.mark.parametrize(
@@ -155,17 +156,28 @@ def test_a_single_run_as_root_is_listed_as_dot(tmp_path):
     ],
 )
 def test_literal_escapes_markdown_and_html(text):
-    escaped = catalog.literal(text)
+    escaped = literal(text)
     bare = re.sub(r"\\.", "", escaped)  # what is left once every escaped character is gone
     assert not set(bare) & set("<>*_[]()`~$#"), bare
     assert "\n" not in escaped
     assert escaped.replace("\\", "") == text.replace("\n", " ")
 
 
-def test_the_store_status_maps_to_live_interrupted_or_finished():
-    assert catalog.run_state("running") == "live"
-    assert catalog.run_state("interrupted") == "interrupted"
-    assert catalog.run_state("finished") == "finished"
+def test_a_served_row_is_the_stores_own_run_info_read_confined_to_root(tmp_path):
+    from attnres_probe.models.config import ModelConfig
+    from attnres_probe.store.synthetic import write_run
+
+    root = tmp_path / "root"
+    cfg = ModelConfig(residual="full", n_layers=2, d_model=16, n_heads=2)
+    write_run(root / "done", cfg, 6, 1, "finished", None, None, 64, 0)
+    live = write_run(root / "live", cfg, 3, 1, None, None, None, 64, 1)
+    try:
+        rows = {name: confine.served_info(root, name) for name in run_paths(root)}
+        for name, row in rows.items():
+            assert row == run_info(root / name, name, confine=root)
+        assert (rows["done"].status, rows["live"].status) == ("finished", "live")
+    finally:
+        live.close()
 
 
 @pytest.mark.skipif(os.name != "posix", reason="symlinked parents are a POSIX test")
@@ -175,4 +187,4 @@ def test_a_symlinked_directory_is_not_descended_into(tmp_path):
     far = tmp_path / "far"
     make_run(far / "deep")
     (root / "link").symlink_to(far, target_is_directory=True)
-    assert catalog.run_names(root) == []
+    assert run_paths(root) == {}

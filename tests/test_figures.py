@@ -130,6 +130,8 @@ def test_a_run_keeps_its_colour_everywhere_by_kind_and_seed():
 
 
 def test_log_axes_name_every_tick_with_its_full_value():
+    vals, text = figures.log_ticks(np.array([0.0038, 0.0135]))  # the top of a decade named too
+    assert text[-3:] == ["0.009", "0.01", "0.012"] and vals[-1] == 0.012
     vals, text = figures.log_ticks(np.array([0.0021, 0.03]))
     assert text == ["0.002", "0.003", "0.005", "0.007", "0.01", "0.02", "0.03"]
     assert np.allclose(vals, [0.002, 0.003, 0.005, 0.007, 0.01, 0.02, 0.03])
@@ -144,6 +146,7 @@ def test_log_axes_name_every_tick_with_its_full_value():
     fig = figures.relative_update(baseline_run(), step=0)  # ratios 1 … 1/4
     assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.tickmode == "array"
     assert list(fig.layout.yaxis.ticktext) == [
+        "0.25",
         "0.3",
         "0.4",
         "0.5",
@@ -461,3 +464,13 @@ def test_export_offers_every_registered_figure():
     from attnres_probe.cli.cmd_export import FIGURE_NAMES
 
     assert FIGURE_NAMES == tuple(figures.FIGURES)
+
+
+def test_log_x_axes_are_labelled_with_full_values_too():
+    from synthetic_runs import block_run
+
+    fig = figures.mass_received(block_run())
+    assert fig.layout.xaxis2.type == "log" and fig.layout.xaxis2.tickmode == "array"
+    # masses 1/3 … 13/3: every label a whole value, none a bare mantissa of a minor tick
+    assert list(fig.layout.xaxis2.ticktext) == ["0.5", "0.7", "1", "2", "3"]
+    np.testing.assert_allclose(fig.layout.xaxis2.tickvals, [0.5, 0.7, 1, 2, 3])

@@ -189,8 +189,8 @@ def number(x: float) -> str:
 
 def log_ticks(values: np.ndarray) -> tuple[list[float], list[str]]:
     """Tick positions and labels of a log axis over ``values``: every decade over more than 3.2
-    decades, 1-2-5 steps over more than 1.5, 1-2-3-5-7 over more than 0.7, else 1…9; each
-    label the full value (0.002, not "2")."""
+    decades, 1-2-5 steps over more than 1.5, 1-2-3-5-7 over more than 0.7, else finer steps;
+    each label the full value (0.002, not "2")."""
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v) & (v > 0)]
     if v.size == 0:
@@ -198,15 +198,15 @@ def log_ticks(values: np.ndarray) -> tuple[list[float], list[str]]:
     lo, hi = float(v.min()), float(v.max())
     span = math.log10(hi / lo) if hi > lo else 0.0
     if span > 3.2:
-        mantissas: tuple[int, ...] = (1,)
+        mantissas: tuple[float, ...] = (1,)
     elif span > 1.5:
         mantissas = (1, 2, 5)
     elif span > 0.7:
         mantissas = (1, 2, 3, 5, 7)
-    else:
-        mantissas = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+    else:  # under one decade: the top of a decade needs steps finer than 1 … 9
+        mantissas = (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)
     ticks = [
-        m * 10.0**e
+        float(f"{m * 10.0**e:.6g}")
         for e in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
         for m in mantissas
     ]
@@ -264,15 +264,17 @@ def finish(
 
 
 def label_log_axes(fig: go.Figure) -> None:
-    """Give every log y axis explicit ticks with full-value labels from the data it shows."""
-    for axis in [k for k in fig.layout if k.startswith("yaxis")]:
+    """Give every log axis explicit ticks with full-value labels from the data it shows."""
+    for axis in [k for k in fig.layout if k.startswith(("xaxis", "yaxis"))]:
         if fig.layout[axis].type != "log":
             continue
-        ref = "y" + axis.removeprefix("yaxis")
+        letter = axis[0]
+        ref = letter + axis.removeprefix(f"{letter}axis")
         values = [
-            np.asarray(t.y, dtype=float)
+            np.asarray(getattr(t, letter), dtype=float)
             for t in fig.data
-            if getattr(t, "y", None) is not None and (t.yaxis or "y") == ref
+            if getattr(t, letter, None) is not None
+            and (getattr(t, f"{letter}axis") or letter) == ref
         ]
         if values:
             vals, text = log_ticks(np.concatenate([v.ravel() for v in values]))

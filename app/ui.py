@@ -38,6 +38,7 @@ REFRESH_KEY = "refresh"
 REFRESH_CHOICES = {"off": None, "2 s": 2.0, "5 s": 5.0, "10 s": 10.0, "30 s": 30.0}
 DEFAULT_REFRESH = "5 s"
 PLOTLY_CONFIG = {"displaylogo": False}
+MAX_TRAINING_POINTS = 1000  # measures over training fit one profile per point: long runs window
 
 
 # ----------------------------------------------------------------------------- runs
@@ -209,6 +210,14 @@ def seeds_picker(runs: dict[str, xr.Dataset]) -> str:
         "seeds' range (min to max); switch this on to draw every run.",
     )
     return "each" if each else "band"
+
+
+def training_window(runs: dict[str, xr.Dataset] | xr.Dataset) -> int | None:
+    """Recorded steps per point of a measure over training: None (every step) up to
+    :data:`MAX_TRAINING_POINTS` steps, else windows that bring the longest run down to it."""
+    datasets = [runs] if isinstance(runs, xr.Dataset) else list(runs.values())
+    longest = max(ds.sizes.get("step", 0) for ds in datasets)
+    return None if longest <= MAX_TRAINING_POINTS else -(-longest // MAX_TRAINING_POINTS)
 
 
 def view(ds: xr.Dataset, step: int | None = None, steps: list[int] | None = None) -> xr.Dataset:

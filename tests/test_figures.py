@@ -92,8 +92,7 @@ def test_runs_that_differ_only_in_seed_are_drawn_as_mean_and_band_or_each_on_req
     assert mean["name"] == "baseline · 2 layers (3 seeds)" and full["name"] == "full-s0"
     profile = 10 * np.arange(1, 5)[None, :] * np.array([1.0, 2.0, 4.0])[:, None]
     np.testing.assert_allclose(decode(mean["y"]), profile.mean(0), rtol=1e-6)
-    lo = np.array([c[1] for c in mean["customdata"]], dtype=float)
-    hi = np.array([c[2] for c in mean["customdata"]], dtype=float)
+    lo, hi = decode(mean["customdata"]).astype(float).T
     np.testing.assert_allclose(lo, profile.min(0), rtol=1e-6)
     np.testing.assert_allclose(hi, profile.max(0), rtol=1e-6)
     upper, lower = [t for t in traces(fig) if t.get("hoverinfo") == "skip"]
@@ -216,8 +215,8 @@ def test_depth_entropy_plots_normalised_entropy_with_effective_sources_on_hover(
     assert np.isnan(y[0])
     assert y[1] == pytest.approx(0.5 / np.log(2), rel=1e-6)
     assert y[2] == pytest.approx(1.0 / np.log(3), rel=1e-6)
-    assert "%{customdata[4]}" in line["hovertemplate"]
-    assert line["customdata"][1][4] == f"effective sources {np.exp(0.5):.2f} of 2"
+    assert "%{hovertext}" in line["hovertemplate"]
+    assert line["hovertext"][1] == f"effective sources {np.exp(0.5):.2f} of 2"
 
 
 def test_grad_depth_draws_the_gradient_profile_on_a_log_axis():
@@ -256,7 +255,7 @@ def test_prune_path_draws_the_relative_loss_increase_of_removing_layers_together
     (line,) = lines(fig)
     np.testing.assert_allclose(decode(line["x"]), [1, 2])
     np.testing.assert_allclose(decode(line["y"]), [5.0, 50.0])  # % over the intact 2.0
-    assert line["customdata"][1][0] == "2 removed (last: L0)"
+    assert line["text"][1] == "2 removed (last: L0)"
     assert "no path: no path" in fig.layout.title.text
     assert fig.layout.shapes[0].y0 == 1.0  # the 1 % bound
     with pytest.raises(AnalysisError, match="none of full has a greedy pruning path"):
@@ -412,7 +411,7 @@ def test_mass_received_figure_plots_mass_by_source_depth_and_gradient_against_it
     np.testing.assert_allclose(decode(line["x"]), [0, 4, 8])
     np.testing.assert_allclose(decode(line["y"]), [13 / 3, 11 / 6, 1 / 3], rtol=1e-6)
     np.testing.assert_allclose(decode(scatter["y"])[1:], [4.0, 8.0])
-    assert [c[0] for c in line["customdata"]] == [
+    assert list(line["text"]) == [
         "emb (depth 0)",
         "block1 (depth 4)",
         "block2 (depth 8)",
@@ -474,3 +473,10 @@ def test_log_x_axes_are_labelled_with_full_values_too():
     # masses 1/3 … 13/3: every label a whole value, none a bare mantissa of a minor tick
     assert list(fig.layout.xaxis2.ticktext) == ["0.5", "0.7", "1", "2", "3"]
     np.testing.assert_allclose(fig.layout.xaxis2.tickvals, [0.5, 0.7, 1, 2, 3])
+
+
+def test_a_long_run_over_training_sends_no_label_per_point():
+    fig = figures.loss(baseline_run(n_steps=5000))
+    (line,) = lines(fig)
+    assert line.get("text") is None and line.get("customdata") is None  # "step %{x}" on hover
+    assert figures.figure_table(fig).index[-1] == "step 49990"

@@ -54,7 +54,11 @@ if picked is not None:
         ui.chart(
             lambda: figures.relative_update(runs, step=step, fraction=1.0), "relative_update", True
         )
-        ui.chart(lambda: figures.layer_output(runs, step=step, fraction=1.0), key="layer_output")
-        ui.chart(lambda: figures.growth_over_training({row.name: ds}), key="growth_over_training")
+        ui.chart(lambda: figures.layer_output(runs, step=step, fraction=1.0), "layer_output", True)
+        ui.chart(
+            lambda: figures.growth_over_training({row.name: ds}, window=ui.training_window(ds)),
+            "growth_over_training",
+            True,
+        )
 
     ui.live(body, is_live=row.status == "live", path=path, row=row)

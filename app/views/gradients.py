@@ -35,7 +35,11 @@ if picked is not None:
             "layer_param_grad",
             True,
         )
-        ui.chart(lambda: figures.excess_over_training({row.name: ds}), "excess", True)
+        ui.chart(
+            lambda: figures.excess_over_training({row.name: ds}, window=ui.training_window(ds)),
+            "excess",
+            True,
+        )
         ui.chart(lambda: figures.grad_depth(runs, step=step, fraction=1.0), "grad", True)
         if row.residual != "baseline":
             ui.chart(

@@ -42,7 +42,10 @@ else:
                 st.info("None of the chosen runs has recorded steps yet.")
                 return
             seeds = ui.seeds_picker(runs)
-            ui.chart(lambda: figures.over_training(runs, measure, seeds), "measure_chart", True)
+            window = ui.training_window(runs) if figures.MEASURES[measure].windowed else None
+            ui.chart(
+                lambda: figures.over_training(runs, measure, seeds, window), "measure_chart", True
+            )
             st.caption(
                 literal(
                     "Below: every sublayer (rows) at every recorded step (columns); a seed "

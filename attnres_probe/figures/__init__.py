@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -119,15 +120,18 @@ def figure_table(fig: go.Figure) -> pd.DataFrame:
     order: dict[str, None] = {}  # positions in the order drawn (a plain union would sort them)
     for trace in fig.data:
         meta = trace.meta if isinstance(trace.meta, dict) else {}
-        if "table" not in meta or trace.customdata is None:
+        if "table" not in meta:
             continue
-        rows = [str(c[0]) for c in trace.customdata]
+        if trace.text is not None and not isinstance(trace.text, str):
+            rows = [str(t) for t in trace.text]
+        else:
+            rows = [f"{meta.get('position', 'x')} {x}" for x in trace.x]
         order.update(dict.fromkeys(rows))
         columns[meta["table"]] = pd.Series(list(trace.y), index=rows, dtype=float)
-        if any(int(c[3]) > 1 for c in trace.customdata):
-            for i, edge in ((1, "min"), (2, "max")):
-                values = [float(c[i]) for c in trace.customdata]
-                columns[f"{meta['table']} {edge}"] = pd.Series(values, index=rows, dtype=float)
+        if meta.get("seeds", 1) > 1 and trace.customdata is not None:
+            edges = np.asarray(trace.customdata, dtype=float)
+            for i, edge in ((0, "min"), (1, "max")):
+                columns[f"{meta['table']} {edge}"] = pd.Series(edges[:, i], index=rows)
     frame = pd.DataFrame(columns).reindex(list(order))
     frame.index.name = "position"
     return frame

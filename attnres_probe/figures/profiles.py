@@ -59,7 +59,7 @@ def add_series_line(
     series: Series,
     profiles: dict[str, xr.DataArray],
     x: np.ndarray,
-    labels: list[str],
+    labels: list[str] | None,
     y_label: str,
     note: str = "",
     name: str | None = None,
@@ -69,13 +69,16 @@ def add_series_line(
     col: int | None = None,
     showlegend: bool = True,
     extra: Sequence[str] | None = None,
+    position: str = "step",
 ) -> None:
     """One legend entry: a single run's line, or a seed group's mean line over a band from the
     lowest to the highest of its seeds at each point.
 
-    The line trace carries ``meta={"table": name}`` and customdata [label, min, max, n, extra],
-    read back by :func:`attnres_probe.figures.figure_table`; ``extra`` is one more hover line
-    per point.
+    ``labels`` name the points (e.g. 'L3.attn'); None (long series over training) names them
+    ``position`` and x ('step 40') without sending a label per point. The line trace carries
+    ``meta`` {table: its column, position, seeds}, ``text`` the labels and, for a seed group,
+    customdata [min, max]: what :func:`attnres_probe.figures.figure_table` reads back.
+    ``extra`` is one more hover line per point.
     """
     name = name or series.label
     colour = colour or series.colour
@@ -84,8 +87,8 @@ def add_series_line(
     n = stack.shape[0]
     with warnings.catch_warnings():  # all-NaN columns (absent sources) stay NaN quietly
         warnings.simplefilter("ignore", RuntimeWarning)
-        mean = np.nanmean(stack, axis=0)
-        lo, hi = np.nanmin(stack, axis=0), np.nanmax(stack, axis=0)
+        mean = np.nanmean(stack, axis=0) if n > 1 else stack[0]
+        lo, hi = (np.nanmin(stack, axis=0), np.nanmax(stack, axis=0)) if n > 1 else (None, None)
     where = {"row": row, "col": col} if row is not None else {}
     if n > 1:
         for edge, fill in ((hi, None), (lo, "tonexty")):
@@ -103,7 +106,10 @@ def add_series_line(
                 ),
                 **where,
             )
-    spread = " (seeds %{customdata[1]:.3g} to %{customdata[2]:.3g})" if n > 1 else ""
+    point = "%{text}" if labels is not None else f"{position} %{{x}}"
+    spread = (
+        f" (seeds %{{customdata[0]:.3g}} to %{{customdata[1]:.3g}}, {n} seeds)" if n > 1 else ""
+    )
     fig.add_trace(
         go.Scatter(
             x=x,
@@ -114,20 +120,12 @@ def add_series_line(
             showlegend=showlegend,
             line={"color": colour, "dash": dash, "width": 2},
             marker={"size": 5},
-            customdata=np.stack(
-                [
-                    np.asarray(labels, dtype=object),
-                    lo,
-                    hi,
-                    np.full(len(labels), n),
-                    np.asarray(extra if extra is not None else [""] * len(labels), dtype=object),
-                ],
-                axis=-1,
-            ),
-            meta={"table": name},
-            hovertemplate=f"<b>{name}</b><br>%{{customdata[0]}}<br>{y_label}: %{{y:.4g}}"
-            f"{spread}<br>{'%{customdata[4]}<br>' if extra is not None else ''}{note}"
-            "<extra></extra>",
+            text=list(labels) if labels is not None else None,
+            hovertext=list(extra) if extra is not None else None,
+            customdata=np.stack([lo, hi], axis=-1) if n > 1 else None,
+            meta={"table": name, "position": position, "seeds": n},
+            hovertemplate=f"<b>{name}</b><br>{point}<br>{y_label}: %{{y:.4g}}{spread}<br>"
+            f"{'%{hovertext}<br>' if extra is not None else ''}{note}<extra></extra>",
         ),
         **where,
     )

@@ -182,7 +182,7 @@ def over_training(
                 s,
                 values,
                 steps,
-                [f"step {int(x)}" for x in steps],
+                None,  # named "step N" from x: a long run sends no label per point
                 m.label,
                 m.unit,
                 name=shown,

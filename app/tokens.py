@@ -10,31 +10,27 @@ import pandas as pd
 import streamlit as st
 import xarray as xr
 
+from attnres_probe import checkpoint
 from attnres_probe.app.text import literal
 from attnres_probe.figures import token_depth_heatmap
+from attnres_probe.store import STORE_NAME, store_version
 
 MAX_BYTES = 256
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading checkpoint…")
-def _model(path: str, mtime: float):
-    from attnres_probe.checkpoint import load_checkpoint
-    from attnres_probe.models import ModelConfig, build_model
-
-    state, config = load_checkpoint(path)
-    cfg = ModelConfig.from_dict(config.get("model", config))
-    model = build_model(cfg)
-    model.load_state_dict(state)
-    model.eval()
-    return model
+def _model(path: str, version: tuple):  # version: the cache key only
+    return checkpoint.load_model(path)
 
 
 def load_model(run_dir: Path):
-    """The run's trained model (cached until its checkpoint file changes). Read-only."""
-    checkpoint = run_dir / "checkpoint.safetensors"
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"run {run_dir.name} has no checkpoint.safetensors")
-    return _model(str(run_dir), checkpoint.stat().st_mtime)
+    """The run's trained model (:func:`attnres_probe.checkpoint.load_model`: run directory,
+    checksum and recording checked), cached until its checkpoint, its config.json or its
+    recording changes. Read-only."""
+    files = (run_dir / checkpoint.CHECKPOINT_FILE, run_dir / checkpoint.CONFIG_FILE)
+    stamps = tuple(f.stat().st_mtime_ns if f.is_file() else None for f in files)
+    recording = store_version(run_dir) if (run_dir / STORE_NAME).exists() else None
+    return _model(str(run_dir), (*stamps, recording))
 
 
 def reader_labels(n_layers: int) -> list[str]:

@@ -77,6 +77,20 @@ def load_corpus(path: str | Path | None = None, max_bytes: int = DEFAULT_MAX_BYT
     return data
 
 
+def _train_bytes(total: int) -> int:
+    """How many of ``total`` corpus bytes are for training (the rest is held out)."""
+    return int(total * (1 - HELD_OUT_FRACTION))
+
+
+def corpus_bytes_needed(seq_len: int) -> int:
+    """The smallest corpus whose training and held-out parts both fit a ``seq_len`` batch."""
+    need = seq_len + 2
+    total = max(2 * need, int(need / HELD_OUT_FRACTION) - 25)  # truncation moves the cut by < 21
+    while total - _train_bytes(total) < need or _train_bytes(total) < need:
+        total += 1
+    return total
+
+
 @dataclass
 class ByteCorpus:
     """A corpus split into training bytes and held-out bytes (the last 5 %)."""
@@ -88,18 +102,27 @@ class ByteCorpus:
     @classmethod
     def load(cls, path: str | Path | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> ByteCorpus:
         data = load_corpus(path, max_bytes)
-        cut = int(len(data) * (1 - HELD_OUT_FRACTION))
+        cut = _train_bytes(len(data))
         source = "python-stdlib" if path is None else str(path)
         return cls(train=data[:cut], held_out=data[cut:], source=source)
 
+    def check_fits(self, seq_len: int) -> None:
+        """DataError unless both parts hold a window of ``seq_len + 1`` bytes with a choice of
+        start (``seq_len + 2`` bytes each), the size a batch of ``seq_len`` needs."""
+        for split in ("train", "held_out"):
+            have = len(self.train if split == "train" else self.held_out)
+            if have < seq_len + 2:
+                part = "training part" if split == "train" else "held-out part (the last 5 %)"
+                raise DataError(
+                    f"the {part} of the corpus {self.source} has {have} bytes, fewer than the "
+                    f"{seq_len + 2} a --seq-len of {seq_len} needs; use a corpus of at least "
+                    f"{corpus_bytes_needed(seq_len)} bytes or a shorter --seq-len"
+                )
+
     def batch(self, split: str, batch_size: int, seq_len: int, generator):
         """A (B, T+1) int64 tensor of random windows from ``split`` ('train' or 'held_out')."""
+        self.check_fits(seq_len)
         data = self.train if split == "train" else self.held_out
-        if len(data) < seq_len + 2:
-            raise DataError(
-                f"the {split} part of the corpus ({len(data)} bytes) is shorter than "
-                f"seq_len={seq_len}; use more text or a shorter --seq-len"
-            )
         starts = torch.randint(0, len(data) - seq_len - 1, (batch_size,), generator=generator)
         view = torch.from_numpy(data)
         return torch.stack([view[s : s + seq_len + 1] for s in starts.tolist()]).long()

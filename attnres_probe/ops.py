@@ -352,7 +352,14 @@ def attnres(
     caller keeps it (computed once per source instead of once per op on the reference path).
     """
     stats = _depth_stats(rec, site)
-    return _dispatch(sources).attnres(sources, query, eps, stats, source_inv_rms)
+    if isinstance(sources, torch.Tensor):
+        return _dispatch(sources).attnres(sources, query, eps, stats, source_inv_rms)
+    backend = _dispatch(sources[0])
+    if backend is reference and not torch.compiler.is_compiling():
+        return reference.attnres_over_sources(sources, query, eps, stats, source_inv_rms)
+    # The kernels read one [N, *, D] tensor; a compiled graph fuses the stack into its reader.
+    inv = None if source_inv_rms is None else torch.stack(source_inv_rms)
+    return backend.attnres(torch.stack(sources), query, eps, stats, inv)
 
 
 def block_attnres_phase1(

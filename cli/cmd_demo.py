@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,7 @@ from attnres_probe.cli.common import (
     err_console,
     library_errors,
     out_console,
+    progress_bars,
     usage_errors,
     writable_folder,
 )
@@ -76,12 +78,17 @@ def demo(
     open_dashboard: Annotated[
         bool, typer.Option("--open", help="Start the dashboard on the runs afterwards.")
     ] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="torch threads; default: 1 for small models, else the cores not busy."),
+    ] = None,
 ) -> None:
     """Train a baseline and a Block AttnRes model of equal size with probes, prune both, and
     write an interactive report (report.html) with their headline numbers."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
+    from attnres_probe.data import ByteCorpus
     from attnres_probe.tools.demo import DemoConfig, run_demo
     from attnres_probe.tools.report import headline_table
 
@@ -94,17 +101,22 @@ def demo(
         "steps": steps,
         "data": str(data) if data is not None else None,
         "seed": seed,
+        "threads": threads,
     }
     given = {k: v for k, v in given.items() if v is not None}
-    with usage_errors():
+    with usage_errors():  # every option first: exit 2, nothing read or made
         cfg = DemoConfig.quick(**given) if quick else DemoConfig(**given)
+        cfg.check()
     writable_folder(out)
-    if data is not None:
-        from attnres_probe.data import load_corpus
-
-        with library_errors():  # a missing, empty or unreadable corpus fails before any output
-            load_corpus(data, max_bytes=1 << 16)
+    with library_errors():  # a missing, empty, unreadable or short corpus fails before any work
+        if data is None:
+            err_console.print("[dim]loading the corpus…[/]", highlight=False)
+        corpus = ByteCorpus.load(cfg.data)
+        corpus.check_fits(cfg.seq_len)
     with library_errors():
+        threads = cfg.pick_threads()
+        cfg = replace(cfg, threads=threads.n)  # picked once: what is printed is what runs
+        err_console.print(f"demo with {threads.describe()}", highlight=False)
         columns = (
             TextColumn("[bold]{task.description:<16}"),
             BarColumn(),
@@ -112,8 +124,8 @@ def demo(
             TimeElapsedColumn(),
             TextColumn("{task.fields[info]}"),
         )
-        with Progress(*columns, console=err_console) as progress:
-            result = run_demo(cfg, _progress_bars(progress))
+        with progress_bars(*columns, describe=lambda fields: fields["info"]) as progress:
+            result = run_demo(cfg, _progress_bars(progress), corpus=corpus)
 
     table = Table(title="headline numbers (last 10 % of recorded steps)", title_justify="left")
     table.add_column("")

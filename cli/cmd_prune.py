@@ -9,11 +9,10 @@ from typing import Annotated
 import typer
 
 from attnres_probe.cli.common import (
-    LazyProgress,
-    err_console,
     fail,
     library_errors,
     out_console,
+    progress_bars,
     torch_device,
 )
 from attnres_probe.cli.main import app
@@ -78,21 +77,24 @@ def prune(
     else:
         removal_value = removal.value if removal else None
     with library_errors():
-        from attnres_probe.analysis.pruning import compare_with_proxies, prune_run
+        from attnres_probe.analysis.pruning import compare_with_proxies, prune_run, save_results
         from attnres_probe.store import open_run
 
         columns = (
-            TextColumn("[bold]prune {task.description}"),
+            TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[unit]}"),
         )
-        with LazyProgress(*columns, console=err_console, transient=True) as progress:
+        bars = progress_bars(*columns, describe=lambda f: f["unit"], transient=True)
+        with bars as progress:
             tasks: list[int] = []
 
             def on_unit(done: int, total: int, unit: str) -> None:
                 if not tasks:  # the first unit: the checkpoint loaded, the work begins
-                    tasks.append(progress.add_task(granularity.value, total=total, unit=""))
+                    tasks.append(
+                        progress.add_task(f"prune {granularity.value}", total=total, unit="")
+                    )
                 progress.update(tasks[0], completed=done, total=total, unit=unit)
 
             results = prune_run(
@@ -104,10 +106,13 @@ def prune(
                 device=device,
                 progress=on_unit,
                 removal=removal_value,
-            )
+                save=False,  # stored below, after the table: a run that cannot be written
+            )  # still shows what was measured
         used = str(results.attrs["removal"])
         try:
-            table_data = compare_with_proxies(open_run(run), granularity.value, removal=used)
+            table_data = compare_with_proxies(
+                open_run(run), granularity.value, removal=used, results=results
+            )
         except AnalysisError:  # no recording to compare with: the measured losses alone
             table_data = results
     proxies = [p for p in ("block_influence", "relative_update") if p in table_data]
@@ -129,3 +134,10 @@ def prune(
         rho = table_data.attrs.get(f"spearman_{p}", float("nan"))
         shown = f"{rho:.3f}" if rho == rho else "undefined (needs 3 units with both values)"
         out_console.print(f"Spearman ρ({p}, increase) = {shown}", highlight=False)
+    try:
+        save_results(run, results)
+    except (OSError, ValueError) as err:
+        raise fail(
+            f"the results above could not be stored in {run} ({err}); make the run writable "
+            "and prune again to keep them"
+        ) from None

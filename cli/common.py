@@ -7,13 +7,16 @@ import contextlib
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import Progress, TaskID
+from rich.progress import Progress, ProgressColumn, TaskID
+
+from attnres_probe.resources import OptionError
 
 try:  # recent Typer parses with its own copy of Click, older releases with the click package
     from typer._click import exceptions as click_errors
@@ -42,6 +45,73 @@ class LazyProgress(Progress):
         return super().add_task(*args, **kwargs)
 
 
+class LineProgress:
+    """Progress for a stderr that is not a terminal (a log file, a pipe, CI): one plain line per
+    task every ``PERCENT`` per cent or ``INTERVAL_S`` seconds as the work goes, and one when it
+    completes — never everything at the end, as live bars would. The same ``add_task`` /
+    ``update`` calls as rich's Progress; ``describe(fields)`` words a task's extra fields."""
+
+    PERCENT = 5
+    INTERVAL_S = 10.0
+
+    def __init__(self, describe: Callable[[dict[str, Any]], str] | None = None) -> None:
+        self._describe = describe
+        self._tasks: list[dict[str, Any]] = []
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def add_task(self, description: str, total: float | None = None, **fields: Any) -> int:
+        task = {"description": description, "total": total, "completed": 0, "fields": fields}
+        task.update(shown=-1, at=time.monotonic())
+        self._tasks.append(task)
+        return len(self._tasks) - 1
+
+    def update(
+        self, task_id: int, completed: float | None = None, total: float | None = None, **fields
+    ) -> None:
+        task = self._tasks[task_id]
+        if total is not None:
+            task["total"] = total
+        if completed is not None:
+            task["completed"] = completed
+        task["fields"].update(fields)
+        total, done = task["total"], task["completed"]
+        share = int(100 * done / total) // self.PERCENT if total else 0
+        finished = bool(total) and done >= total
+        now = time.monotonic()
+        if share > task["shown"] or finished or now - task["at"] >= self.INTERVAL_S:
+            if finished and task["shown"] == 101:
+                return  # the completion line is printed once
+            task["shown"] = 101 if finished else share
+            task["at"] = now
+            self._print(task)
+
+    def _print(self, task: dict[str, Any]) -> None:
+        total, done = task["total"], task["completed"]
+        text = f"{task['description']}: {done:g}" + (f"/{total:g}" if total else "")
+        if total:
+            text += f" ({100 * done / total:.0f} %)"
+        if self._describe is not None:
+            words = self._describe(task["fields"])
+            text += f" {words}" if words else ""
+        err_console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
+def progress_bars(
+    *columns: str | ProgressColumn,
+    describe: Callable[[dict[str, Any]], str] | None = None,
+    transient: bool = False,
+) -> LazyProgress | LineProgress:
+    """Progress on stderr: live bars on a terminal, plain lines as the work goes elsewhere."""
+    if err_console.is_terminal:
+        return LazyProgress(*columns, console=err_console, transient=transient)
+    return LineProgress(describe)
+
+
 class Failure(click_errors.ClickException):
     """A path that cannot be used or an operation that failed: exit 1, printed as one line."""
 
@@ -68,11 +138,13 @@ def _from_library(err: BaseException) -> bool:
 @contextlib.contextmanager
 def library_errors() -> Iterator[None]:
     """Turn the library's expected errors (bad data, missing or unusable paths, I/O) into
-    one clear line and exit code 1."""
+    one clear line and exit code 1; an option the model or machine cannot take is exit 2."""
     try:
         yield
     except (click_errors.ClickException, typer.Exit, typer.Abort, KeyboardInterrupt):
         raise
+    except OptionError as err:  # a size or setting the model or machine cannot take: exit 2
+        raise fail(str(err), 2) from None
     except (ValueError, OSError) as err:
         raise fail(_as_run(str(err) or type(err).__name__)) from None
     except Exception as err:
@@ -93,6 +165,8 @@ def usage_errors() -> Iterator[None]:
     value and what would be valid) into a usage error: exit 2."""
     try:
         yield
+    except OptionError as err:  # it names the option and the fix itself
+        raise BadOption(str(err)) from None
     except ValueError as err:
         # It names the configuration's field, not the option: Click adds the command, and the
         # line points at its --help.
@@ -163,21 +237,16 @@ def _shown_path(path: str) -> str:
 
 
 def torch_device(name: str) -> str:
-    """``name`` when torch knows the device and this machine has it: a usage error (exit 2)
-    for a name that is no device, a failure (exit 1) for a device missing here."""
-    import torch
+    """``name`` when torch knows the device, a model can run on it and this machine has it: a
+    usage error (exit 2) for a name that is no usable device (``gpu0``, ``meta``, ``cpu:7``),
+    a failure (exit 1) for a device missing here."""
+    from attnres_probe.devices import DeviceMissingError, usable_device
+    from attnres_probe.resources import OptionError
 
     try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise fail(f"--device {name!r} is not a torch device; use e.g. cpu or cuda", 2) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise fail(f"--device {name}: this machine has no CUDA device; use --device cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise fail(
-            f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); "
-            "use --device cuda:0"
-        )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise fail(f"--device {name}: this machine has no MPS device; use --device cpu")
+        usable_device(name)
+    except OptionError as err:
+        raise fail(str(err), 2) from None
+    except DeviceMissingError as err:
+        raise fail(str(err)) from None
     return name

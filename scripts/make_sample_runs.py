@@ -9,14 +9,16 @@ for every run, each sublayer alone for seed 0 of each kind, with every removal t
 this is the same as
 
     attnres-probe train --residual KIND --layers 32 --d-model 64 --n-heads 4 --n-blocks 8 \
-        --steps 1000 --batch-size 8 --seq-len 64 --lr 3e-3 --seed SEED --every 4 --out RUN
+        --steps 1000 --batch-size 8 --seq-len 64 --lr 3e-3 --seed SEED --every 4 \
+        --threads 1 --overwrite --out RUN
     attnres-probe prune RUN --batches 32 --granularity G --removal R   # each G and R above
     python -c "from attnres_probe.tools.prune_path import prune_path; prune_path('RUN')"
 
-with one torch thread per run so ``--jobs`` runs share the cores evenly. The checkpoints are
-then stored in bfloat16 (pruning has used the float32 weights) so the folder stays under
-30 MB. Timings, the machine and every setting go to ``OUT/manifest.json``; ``OUT/README.md``
-is written from it.
+with one torch thread per run (``--threads 1``, also the default for this model size) so
+``--jobs`` runs share the cores evenly. To keep the folder small, only the seed-0 run of each
+kind keeps its weights (float32, exactly what its pruning used); the other seeds keep their
+recording with every pruning result in it. Timings, the machine and every setting go to
+``OUT/manifest.json``; ``OUT/README.md`` is written from it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -38,7 +39,8 @@ MODEL = {"n_layers": 32, "d_model": 64, "n_heads": 4, "n_blocks": 8, "max_seq_le
 TRAIN = {"steps": 1000, "batch_size": 8, "seq_len": 64, "lr": 3e-3, "record_every": 4}
 PRUNE_BATCHES = 32
 SUBLAYER_SEEDS = (0,)  # seeds pruned sublayer by sublayer too
-CHECKPOINT_DTYPE = "bfloat16"
+WEIGHT_SEEDS = (0,)  # seeds whose checkpoint is kept (the others: recording only)
+THREADS = 1  # torch threads per run: --jobs runs share the cores
 RUNS = [("baseline", s) for s in (0, 1, 2)] + [("full", 0)] + [("block", s) for s in (0, 1, 2)]
 # Relative cost of one run (training and pruning), to start the longest first.
 COST = {"full": 3.0, "block": 2.0, "baseline": 1.0}
@@ -67,8 +69,8 @@ def cli_command(kind: str, seed: int, out: Path) -> str:
         f"attnres-probe train --residual {kind} --layers {m['n_layers']} "
         f"--d-model {m['d_model']} --n-heads {m['n_heads']} --n-blocks {m['n_blocks']} "
         f"--steps {t['steps']} --batch-size {t['batch_size']} --seq-len {t['seq_len']} "
-        f"--lr {t['lr']:g} --seed {seed} --every {t['record_every']} "
-        f"--out {out / run_name(kind, seed)}"
+        f"--lr {t['lr']:g} --seed {seed} --every {t['record_every']} --threads {THREADS} "
+        f"--overwrite --out {out / run_name(kind, seed)}"
     )
 
 
@@ -86,45 +88,42 @@ def prune_plan(kind: str, seed: int) -> list[tuple[str, str]]:
     return [p for p in plan if p != first] + [first]
 
 
-def store_checkpoint_as(run_dir: Path, dtype: str) -> None:
-    """Rewrite the run's checkpoint with its floating-point weights in ``dtype``."""
-    import torch
+def drop_checkpoint(run_dir: Path) -> None:
+    """Remove the run's weights and their configuration (its recording stays whole)."""
+    from attnres_probe.checkpoint import CHECKPOINT_FILE, CONFIG_FILE
 
-    from attnres_probe.checkpoint import load_checkpoint, save_checkpoint
-
-    state, config = load_checkpoint(run_dir)
-    cast = {
-        k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v for k, v in state.items()
-    }
-    extra = {**config.get("extra", {}), "checkpoint_dtype": dtype}
-    save_checkpoint(run_dir, cast, config["model"], extra)
+    for name in (CHECKPOINT_FILE, CONFIG_FILE):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def make_run(kind: str, seed: int, out: str, steps: int) -> Made:
     """Train, prune and path one run into ``out/<kind>-s<seed>`` (in a worker process)."""
-    import torch
-
-    TRAIN["steps"] = steps
-
-    torch.set_num_threads(1)
     from attnres_probe.analysis.pruning import prune_run
+    from attnres_probe.footprint import torch_threads
     from attnres_probe.models import ModelConfig
     from attnres_probe.tools.prune_path import prune_path
     from attnres_probe.train import TrainConfig, train
 
+    TRAIN["steps"] = steps
     run_dir = Path(out) / run_name(kind, seed)
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    start = time.perf_counter()
-    result = train(ModelConfig(residual=kind, **MODEL), TrainConfig(seed=seed, **TRAIN), run_dir)
-    train_s = time.perf_counter() - start
-    start = time.perf_counter()
-    plan = prune_plan(kind, seed)
-    for g, r in plan:
-        last = prune_run(run_dir, g, batches=PRUNE_BATCHES, removal=r)
-    prune_path(run_dir)
-    prune_s = time.perf_counter() - start
-    store_checkpoint_as(run_dir, CHECKPOINT_DTYPE)
+    with torch_threads(THREADS):  # training and pruning alike
+        start = time.perf_counter()
+        result = train(
+            ModelConfig(residual=kind, **MODEL),
+            TrainConfig(seed=seed, **TRAIN),
+            run_dir,
+            overwrite=True,
+            threads=THREADS,
+        )
+        train_s = time.perf_counter() - start
+        start = time.perf_counter()
+        plan = prune_plan(kind, seed)
+        for g, r in plan:
+            last = prune_run(run_dir, g, batches=PRUNE_BATCHES, removal=r)
+        prune_path(run_dir)
+        prune_s = time.perf_counter() - start
+    if seed not in WEIGHT_SEEDS:
+        drop_checkpoint(run_dir)
     return Made(
         name=run_name(kind, seed),
         kind=kind,
@@ -167,6 +166,7 @@ def write_readme(out: Path, manifest: dict) -> None:
     commands = "\n".join(r["command"] for r in manifest["runs"])
     m, t, mach = manifest["model"], manifest["train"], manifest["machine"]
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    seeds = ", ".join(str(s) for s in manifest.get("weights_kept_for_seeds", [0]))
     text = f"""# Sample runs
 
 Real recordings made by this project's own training loop (`attnres_probe.train.train`) with
@@ -181,9 +181,10 @@ All seven share one size and one training recipe; they differ in the residual ki
 corpus (the Python standard library's `.py` sources, read at run time), {t["steps"]} AdamW
 steps of {t["batch_size"]} × {t["seq_len"]} bytes, peak lr {t["lr"]:g} (warm-up, cosine decay),
 recorded every {t["record_every"]} steps. Each run directory holds the recording
-(`recording.zarr`), the final weights (`checkpoint.safetensors`, stored in
-{manifest.get("checkpoint_dtype", "float32")} after pruning, which used the float32 weights)
-and `config.json`.
+(`recording.zarr`, with every pruning result); the seed-{seeds} runs also hold their final
+weights (`checkpoint.safetensors`, float32, the weights pruning used, with `config.json`),
+which `attnres-probe prune` and the dashboard's per-token view need. The other seeds' weights
+are not kept, to keep the folder small.
 
 ## How they were made
 
@@ -261,7 +262,7 @@ def main() -> None:
         "model": MODEL,
         "train": TRAIN,
         "prune_batches": PRUNE_BATCHES,
-        "checkpoint_dtype": CHECKPOINT_DTYPE,
+        "weights_kept_for_seeds": list(WEIGHT_SEEDS),
         "jobs": args.jobs,
         "wall_s": round(wall if not args.only else old.get("wall_s", wall), 1),
         "machine": machine(),

@@ -77,6 +77,16 @@ def test_quick_demo_prints_headlines_and_the_dashboard_command(quick_demo):
     assert (out / "block" / "recording.zarr").is_dir()
 
 
+def test_quick_demo_names_its_threads_and_reports_progress_in_lines(quick_demo):
+    """Not a terminal: the thread count first, then plain progress lines for every stage."""
+    _, result = quick_demo
+    lines = result.stderr.splitlines()
+    assert any(line.startswith("demo with 1 torch thread (a small model") for line in lines)
+    for stage in ("train baseline", "train block", "prune baseline", "prune block"):
+        shown = [line for line in lines if line.startswith(f"{stage}:")]
+        assert len(shown) >= 2 and "(100 %)" in shown[-1], (stage, lines)
+
+
 def test_demo_refuses_an_unknown_kind_in_one_line(tmp_path):
     result = runner.invoke(
         app, ["demo", "--quick", "--kinds", "baseline,dense", "--out", str(tmp_path)]

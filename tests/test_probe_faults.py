@@ -266,3 +266,67 @@ def test_a_recording_killed_with_sigkill_opens_with_every_committed_flush(tmp_pa
     assert np.isfinite(ds["hidden_rms"].values).all()
     assert np.isfinite(ds["depth_weights_out"].values).all()
     assert ds.attrs["status"] == "interrupted"
+
+
+def test_a_closed_probe_cannot_be_entered_again_and_its_run_stays(tmp_path):
+    model = tiny_model("baseline")
+    p = probe(model, tmp_path / "run")
+    with p:
+        train_steps(model, p, [batch(0), batch(1)])
+    with pytest.raises(ProbeError, match="already recorded .* make a new probe"):
+        with p:
+            train_steps(model, p, [batch(2)])
+    assert read_run(tmp_path / "run")["step"].values.tolist() == [0, 1]
+    assert hook_count(model) == 0
+
+
+def test_a_model_on_the_meta_device_is_refused_at_attach(tmp_path):
+    with torch.device("meta"):
+        model = tiny_model("full")
+    with pytest.raises(ProbeError, match="meta device"):
+        with probe(model, tmp_path / "run"):
+            pass
+    assert not (tmp_path / "run").exists() and hook_count(model) == 0
+
+
+def test_p_step_twice_without_a_forward_warns_once(tmp_path):
+    model = tiny_model("baseline")
+    with probe(model, tmp_path / "run") as p:
+        train_steps(model, p, [batch(0)])
+        with pytest.warns(ProbeWarning, match="no forward of the model"):
+            p.step()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            p.step()  # told once
+        train_steps(model, p, [batch(1)])
+    assert read_run(tmp_path / "run")["step"].values.tolist() == [0, 1, 2, 3]
+
+
+def test_p_step_from_another_thread_is_refused(tmp_path):
+    import threading
+
+    model = tiny_model("baseline")
+    errors = []
+    with probe(model, tmp_path / "run") as p:
+        lm_loss(model, batch(0)).backward()
+
+        def other():
+            try:
+                p.step()
+            except ProbeError as err:
+                errors.append(str(err))
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+        p.step()  # the loop's own thread goes on
+    assert len(errors) == 1 and "another thread" in errors[0]
+    assert read_run(tmp_path / "run")["step"].values.tolist() == [0]
+
+
+def test_a_flush_buffer_too_large_is_refused_with_the_largest_that_fits(tmp_path):
+    model = tiny_model("block")
+    with pytest.raises(ProbeError, match=r"flush_every=1000000 needs .* MiB .* flush_every <= \d+"):
+        with probe(model, tmp_path / "run", flush_every=10**6):
+            pass
+    assert not (tmp_path / "run").exists()

@@ -42,6 +42,11 @@ def test_missing_or_damaged_checkpoints_raise_a_clear_error(tmp_path):
     save_checkpoint(tmp_path, {"w": torch.ones(8)}, {"n_layers": 1})
     weights = tmp_path / "checkpoint.safetensors"
     weights.write_bytes(weights.read_bytes()[:20])
+    with pytest.raises(CheckpointError, match="does not match the SHA-256 .* train the run again"):
+        load_checkpoint(tmp_path)
+    document = json.loads((tmp_path / "config.json").read_text())
+    del document["weights_sha256"]  # as written before checkpoints carried a checksum
+    (tmp_path / "config.json").write_text(json.dumps(document))
     with pytest.raises(CheckpointError, match="cannot be read .* save the checkpoint again"):
         load_checkpoint(tmp_path)
     save_checkpoint(tmp_path, {"w": torch.ones(8)}, {"n_layers": 1})

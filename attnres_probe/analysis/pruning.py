@@ -304,11 +304,13 @@ def compare_with_proxies(
     granularity: str = "layer",
     fraction: float = DEFAULT_FRACTION,
     removal: str | None = None,
+    results: xr.Dataset | None = None,
 ) -> xr.Dataset:
     """True loss increase beside each proxy [unit], with Spearman ρ of every proxy against the
     true increase in attrs (``spearman_block_influence``, ``spearman_relative_update``) and
-    the ``removal`` the losses were measured with (see :func:`pruning_results`)."""
-    res = pruning_results(ds, granularity, removal)
+    the ``removal`` the losses were measured with (see :func:`pruning_results`).
+    ``results``: measured results to compare instead of those stored in ``ds``."""
+    res = pruning_results(ds, granularity, removal) if results is None else results
     prox = proxies(ds, res, fraction)
     out = xr.merge([res, prox])
     for name in prox.data_vars:
@@ -341,25 +343,20 @@ def prune_run(
     """
     import torch
 
-    from attnres_probe.checkpoint import load_checkpoint
-    from attnres_probe.data import ByteCorpus
-    from attnres_probe.models import ModelConfig, build_model
-    from attnres_probe.train import evaluate
+    from attnres_probe.checkpoint import model_config, read_checkpoint_config, training_config
+    from attnres_probe.train import evaluate, load_for_evaluation
 
     if batches < 1:
         raise AnalysisError(f"batches={batches} must be at least 1")
     run_dir = _run_dir(run)
-    state, config = load_checkpoint(run_dir, device=device)
-    model_cfg = ModelConfig.from_dict(config.get("model", config))
-    train_cfg = config.get("train_config") or config.get("extra", {}).get("train_config", {})
+    config = read_checkpoint_config(run_dir)
+    model_cfg = model_config(config, run_dir)
+    train_cfg = training_config(config)
     unit_rows = units(model_cfg.residual, model_cfg.n_layers, model_cfg.n_blocks, granularity)
     removal = check_removal(model_cfg.residual, removal)
     batch_size = batch_size or int(train_cfg.get("batch_size", 16))
-    seq_len = min(seq_len or int(train_cfg.get("seq_len", 64)), model_cfg.max_seq_len)
-    corpus = ByteCorpus.load(train_cfg.get("data"))
-
-    model = build_model(model_cfg).to(device)
-    model.load_state_dict(state)
+    seq_len = seq_len or int(train_cfg.get("seq_len", 64))
+    model, corpus = load_for_evaluation(run_dir, batch_size, seq_len, device)
     total = len(unit_rows) + 1
     with torch.no_grad():
         base = evaluate(model, corpus, batches, batch_size, seq_len, seed=seed)

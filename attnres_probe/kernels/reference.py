@@ -127,6 +127,60 @@ def attnres(
     return out.to(sources.dtype), weights
 
 
+class _AttnResOverSources(torch.autograd.Function):
+    """:func:`attnres` over separate source tensors, without stacking them: one pass over each
+    source for the logits, one for the output; the backward likewise (see
+    ``kernels.attnres`` for its algebra). Inputs are in the accumulation precision."""
+
+    @staticmethod
+    def forward(ctx, query, source_inv_rms, *sources):
+        logits = torch.stack([torch.mv(v, query) for v in sources]) * source_inv_rms  # [N, M]
+        weights = torch.softmax(logits, dim=0)
+        out = sources[0] * weights[0].unsqueeze(-1)
+        for v, w in zip(sources[1:], weights[1:], strict=True):
+            out.addcmul_(v, w.unsqueeze(-1))
+        ctx.save_for_backward(query, source_inv_rms, weights, *sources)
+        ctx.mark_non_differentiable(weights)
+        return out, weights
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_weights):
+        query, source_inv_rms, weights, *sources = ctx.saved_tensors
+        # dα_i = g·v_i; dz = α (dα − Σ α dα); z_i = (v_i·q) r_i with r_i = inv_rms(v_i).
+        d_alpha = torch.stack([(v * grad_out).sum(-1) for v in sources])
+        dz = weights * (d_alpha - (weights * d_alpha).sum(0, keepdim=True))
+        dz_scaled = dz * source_inv_rms  # ∂L/∂(v_i·q)
+        d_query = torch.zeros_like(query)
+        d_sources = []
+        for v, w, dzs in zip(sources, weights, dz_scaled, strict=True):
+            d_query.addmv_(v.t(), dzs)
+            d_sources.append(torch.addcmul(w.unsqueeze(-1) * grad_out, dzs.unsqueeze(-1), query))
+        d_inv = dz * torch.stack([torch.mv(v, query) for v in sources])
+        return (d_query, d_inv, *d_sources)
+
+
+def attnres_over_sources(
+    sources: list[torch.Tensor],
+    query: torch.Tensor,
+    eps: float = 1e-6,
+    stats: DepthStats | None = None,
+    source_inv_rms: list[torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`attnres` over a list of N sources [*, D] (equal to it on their stack) that are
+    never stacked: the model's growing list of depth sources is read in place at every site.
+    source_inv_rms: each source's :func:`inv_rms` [*], when the caller keeps them."""
+    shape = sources[0].shape
+    flat = [_acc(v).reshape(-1, shape[-1]) for v in sources]
+    if source_inv_rms is None:
+        source_inv_rms = [inv_rms(v, eps) for v in flat]
+    inv = torch.stack([r.reshape(-1) for r in source_inv_rms])
+    with torch.autocast(sources[0].device.type, enabled=False):
+        out, weights = _AttnResOverSources.apply(_acc(query), inv, *flat)
+    if stats is not None:
+        _add_depth_stats(stats, weights)
+    return out.reshape(shape).to(sources[0].dtype), weights.reshape(len(sources), *shape[:-1])
+
+
 def block_attnres_phase1(
     blocks: torch.Tensor, queries: torch.Tensor, eps: float = 1e-6
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -135,14 +189,20 @@ def block_attnres_phase1(
     Every query's softmax over the n completed blocks, kept normalised, with its log-sum-exp
     and its logits (float32), from which phase 2 forms the per-block weights.
     """
-    bf = _acc(blocks)
-    scale = inv_rms(bf, eps)  # [n, *]
+    n, *tokens, d = blocks.shape
+    bf = _acc(blocks).reshape(n, -1, d)  # [n, M, D]
+    scale = inv_rms(bf, eps)  # [n, M]
     # The matmuls would otherwise run in bfloat16 under autocast (lse must stay float32).
     with torch.autocast(blocks.device.type, enabled=False):
-        logits = torch.einsum("n...d,sd->sn...", bf, _acc(queries)) * scale  # [S, n, *]
-        lse = torch.logsumexp(logits, dim=1)  # [S, *]
+        logits = (bf @ _acc(queries).T).permute(2, 0, 1) * scale  # [S, n, M]
+        lse = torch.logsumexp(logits, dim=1)  # [S, M]
         weights = torch.exp(logits - lse.unsqueeze(1))
-        out = torch.einsum("sn...,n...d->s...d", weights, bf)
+        # Per token, [S, n] @ [n, D]: one batched matmul with the tokens as the batch (an
+        # einsum over "sn...,n...d" loops over tokens on the CPU).
+        out = torch.bmm(weights.permute(2, 0, 1), bf.transpose(0, 1)).transpose(0, 1)
+    s = queries.shape[0]
+    out = out.reshape(s, *tokens, d)
+    lse, logits = lse.reshape(s, *tokens), logits.reshape(s, n, *tokens)
     return out.to(blocks.dtype), lse, logits
 
 

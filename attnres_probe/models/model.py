@@ -169,12 +169,7 @@ class Transformer(nn.Module):
         layer_in, in_norms = None, None
         for i, (norm, sub) in enumerate(self.sublayers()):
             h, w = ops.attnres(
-                torch.stack(sources),
-                self.depth_queries[i](),
-                eps,
-                rec,
-                i,
-                torch.stack(inv) if keep_inv else None,
+                sources, self.depth_queries[i](), eps, rec, i, inv if keep_inv else None
             )
             if weights_out is not None:
                 weights_out.append(w.detach())
@@ -194,12 +189,12 @@ class Transformer(nn.Module):
             if keep_inv:
                 inv.append(ops.inv_rms(f, eps))
         out, w = ops.attnres(
-            torch.stack(sources),
+            sources,
             self.depth_queries[-1](),
             eps,
             rec,
             self.cfg.n_sublayers,
-            torch.stack(inv) if keep_inv else None,
+            inv if keep_inv else None,
         )
         if weights_out is not None:
             weights_out.append(w.detach())

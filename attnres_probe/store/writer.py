@@ -208,7 +208,7 @@ class RunWriter:
         run_name = named.rstrip("/").rsplit("/", 1)[-1].removesuffix(".zarr")
         attrs = {"run_name": run_name, "versions": json.dumps(versions()), **self._attrs}
         attrs.update(schema_version=SCHEMA_VERSION, status="running", n_steps=0)
-        attrs[RECORDING_KEY] = uuid.uuid4().hex
+        attrs.setdefault(RECORDING_KEY, uuid.uuid4().hex)  # a caller may name it (train)
         attrs[WRITER_KEY] = writer_identity()
         self._attrs = attrs
         if loc.fs is not None:

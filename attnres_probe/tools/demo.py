@@ -10,7 +10,6 @@ is a sub-minute smoke version.
 from __future__ import annotations
 
 import shlex
-import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,12 +17,12 @@ from typing import Any
 
 from attnres_probe.analysis.pruning import prune_run
 from attnres_probe.data import ByteCorpus
+from attnres_probe.footprint import default_threads, torch_threads
 from attnres_probe.models.config import RESIDUAL_KINDS, ModelConfig
+from attnres_probe.resources import Threads, check_threads
 from attnres_probe.tools.prune_path import prune_path
 from attnres_probe.tools.report import render_report, summarise_runs
-from attnres_probe.train import TrainConfig, train
-
-RUN_FILES = ("recording.zarr", "checkpoint.safetensors", "config.json")
+from attnres_probe.train import TrainConfig, check_training, train
 
 
 class DemoError(ValueError):
@@ -48,6 +47,7 @@ class DemoConfig:
     record_every: int = 5
     prune_batches: int = 8
     data: str | None = None
+    threads: int | None = None  # torch threads; None picks (footprint.default_threads)
 
     def __post_init__(self) -> None:
         if not self.kinds:
@@ -64,6 +64,20 @@ class DemoConfig:
                 raise DemoError(f"{name}={getattr(self, name)} must be a positive integer")
         for kind in self.kinds:
             self.model_config(kind)  # raises ConfigError naming the field and the fix
+        self.train_config()  # lr, seed, …: ValueError naming the field and the fix
+        check_threads(self.threads)
+
+    def pick_threads(self) -> Threads:
+        """The torch threads the demo runs with: ``threads``, or picked for its model size."""
+        if self.threads is not None:
+            return Threads(self.threads, "--threads")
+        return default_threads(self.model_config(self.kinds[0]), self.batch_size, self.seq_len)
+
+    def check(self, device: str = "cpu") -> None:
+        """Every size checked before any work: each kind's training fits the memory available
+        (OptionError with the number and the limit)."""
+        for kind in self.kinds:
+            check_training(self.model_config(kind), self.train_config(), device)
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
@@ -137,27 +151,27 @@ class DemoResult:
         return f"{program} dashboard {shlex.quote(str(self.report.parent))}"
 
 
-def _clear_run(run_dir: Path) -> None:
-    """Remove a previous demo's run files from ``run_dir`` (nothing else in it is touched)."""
-    for name in RUN_FILES:
-        target = run_dir / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-
-
-def train_kinds(cfg: DemoConfig, progress: DemoProgress, corpus) -> dict[str, Path]:
-    """Train every kind of ``cfg`` into ``out/<kind>``; returns kind -> run directory."""
+def train_kinds(
+    cfg: DemoConfig, progress: DemoProgress, corpus, threads: int = 1
+) -> dict[str, Path]:
+    """Train every kind of ``cfg`` into ``out/<kind>`` (a previous demo's run there is
+    replaced); returns kind -> run directory."""
     runs = {}
     for kind in cfg.kinds:
         run_dir = Path(cfg.out) / kind
-        _clear_run(run_dir)
 
         def on_step(step: int, loss: float, tps: float, kind: str = kind) -> None:
             progress.train_step(kind, step + 1, cfg.steps, loss, tps)
 
-        train(cfg.model_config(kind), cfg.train_config(), run_dir, on_step=on_step, corpus=corpus)
+        train(
+            cfg.model_config(kind),
+            cfg.train_config(),
+            run_dir,
+            on_step=on_step,
+            corpus=corpus,
+            overwrite=True,
+            threads=threads,
+        )
         runs[kind] = run_dir
     return runs
 
@@ -177,27 +191,35 @@ def prune_kinds(cfg: DemoConfig, runs: dict[str, Path], progress: DemoProgress) 
         prune_path(run_dir, progress=together)
 
 
-def run_demo(cfg: DemoConfig | None = None, progress: DemoProgress | None = None) -> DemoResult:
-    """Train, prune and report as ``cfg`` says; returns the runs, the report and headlines."""
+def run_demo(
+    cfg: DemoConfig | None = None, progress: DemoProgress | None = None, corpus=None
+) -> DemoResult:
+    """Train, prune and report as ``cfg`` says; returns the runs, the report and headlines.
+    ``corpus``: the ByteCorpus of ``cfg.data`` when the caller has loaded it already."""
     cfg = cfg or DemoConfig()
     progress = progress or DemoProgress()
     out = Path(cfg.out)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
+    cfg.check()
 
-    progress.stage("loading the corpus")
-    corpus = ByteCorpus.load(cfg.data)
+    if corpus is None:
+        progress.stage("loading the corpus")
+        corpus = ByteCorpus.load(cfg.data)
+    corpus.check_fits(cfg.seq_len)
     seconds["corpus"] = time.perf_counter() - start
 
-    mark = time.perf_counter()
-    progress.stage("training")
-    runs = train_kinds(cfg, progress, corpus)
-    seconds["training"] = time.perf_counter() - mark
+    threads = cfg.pick_threads().n
+    with torch_threads(threads):
+        mark = time.perf_counter()
+        progress.stage("training")
+        runs = train_kinds(cfg, progress, corpus, threads)
+        seconds["training"] = time.perf_counter() - mark
 
-    mark = time.perf_counter()
-    progress.stage("pruning")
-    prune_kinds(cfg, runs, progress)
-    seconds["pruning"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        progress.stage("pruning")
+        prune_kinds(cfg, runs, progress)
+        seconds["pruning"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
     progress.stage("writing the report")

@@ -96,10 +96,7 @@ def prune_path(
     """
     import torch
 
-    from attnres_probe.checkpoint import load_checkpoint
-    from attnres_probe.data import ByteCorpus
-    from attnres_probe.models import ModelConfig, build_model
-    from attnres_probe.train import evaluate
+    from attnres_probe.train import evaluate, load_for_evaluation
 
     run_dir = Path(run).parent if Path(run).suffix == ".zarr" else Path(run)
     ds = open_run(run_dir)
@@ -114,12 +111,7 @@ def prune_path(
     batch_size = int(single.attrs.get("batch_size", 16))
     seq_len = int(single.attrs.get("seq_len", 64))
 
-    state, config = load_checkpoint(run_dir)
-    model_cfg = ModelConfig.from_dict(config.get("model", config))
-    train_cfg = config.get("train_config") or config.get("extra", {}).get("train_config", {})
-    corpus = ByteCorpus.load(train_cfg.get("data"))
-    model = build_model(model_cfg).to(device)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    model, corpus = load_for_evaluation(run_dir, batch_size, seq_len, device)
 
     losses = []
     skip: set[int] = set()

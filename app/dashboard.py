@@ -16,10 +16,13 @@ from attnres_probe.app.text import literal
 
 VIEWS = Path(__file__).resolve().parent / "views"
 PAGES = [
-    st.Page(VIEWS / "runs.py", title="Runs", url_path="runs", default=True),
+    st.Page(VIEWS / "runs.py", title="Runs", url_path="home", default=True),
+    # The default page lives at "/"; "/runs" (a link people type) opens the same page.
+    st.Page(VIEWS / "runs.py", title="Runs", url_path="runs", visibility="hidden"),
     st.Page(VIEWS / "dilution.py", title="Dilution", url_path="dilution"),
     st.Page(VIEWS / "depth_attention.py", title="Depth attention", url_path="depth-attention"),
     st.Page(VIEWS / "gradients.py", title="Gradients", url_path="gradients"),
+    st.Page(VIEWS / "training.py", title="Training", url_path="training"),
     st.Page(VIEWS / "pruning.py", title="Pruning", url_path="pruning"),
     st.Page(VIEWS / "compare.py", title="Compare", url_path="compare"),
 ]

@@ -7,6 +7,7 @@ import json
 import re
 
 TRAIN_HINT = "attnres-probe train --residual full --layers 4 --steps 200 --out {root}/full-s0"
+COMMAND_ENV = "ATTNRES_PROBE_COMMAND"  # the command line as the user runs it, for hints
 
 _MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$&])")
 

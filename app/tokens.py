@@ -12,6 +12,7 @@ import xarray as xr
 
 from attnres_probe import checkpoint
 from attnres_probe.app.text import literal
+from attnres_probe.figures import token_depth_heatmap
 from attnres_probe.store import STORE_NAME, store_version
 
 MAX_BYTES = 256
@@ -68,13 +69,18 @@ def _shown(byte: int) -> str:
 
 
 def show(weights: xr.DataArray) -> None:
-    """A token slider and, for that token, the [reader × source] weights as a table."""
+    """A token slider and, for that token, the [reader × source] weights as a heatmap with
+    every row labelled, and as a table (every reader, every source) with a CSV download."""
     n = weights.sizes["token"]
     position = 0
     if n > 1:
         position = st.slider("Token position", 0, n - 1, value=n - 1, key="token")
     one = weights.isel(token=position)
-    st.caption(literal(f"token {position}: byte {one['byte'].item()}"))
+    what = f"token {position}: byte {one['byte'].item()}"
+    st.caption(literal(what))
+    st.plotly_chart(
+        token_depth_heatmap(one, what), config={"displaylogo": False}, theme=None, key="token_map"
+    )
     frame = pd.DataFrame(
         one.values, index=list(one["reader"].values), columns=list(one["source"].values)
     )
@@ -83,4 +89,15 @@ def show(weights: xr.DataArray) -> None:
         c: st.column_config.ProgressColumn(str(c), min_value=0.0, max_value=1.0, format="%.2f")
         for c in frame.columns
     }
-    st.dataframe(frame, column_config=columns, key="token_table")
+    with st.expander("Numbers (table, CSV)"):
+        # Tall enough for every reader row: nothing is cut off or scrolled away.
+        st.dataframe(
+            frame, column_config=columns, key="token_table", height=35 * (len(frame) + 1) + 3
+        )
+        st.download_button(
+            "Download CSV",
+            frame.to_csv().encode("utf-8"),
+            file_name=f"token-{position}-depth-weights.csv",
+            mime="text/csv",
+            key="token_csv",
+        )

@@ -9,6 +9,8 @@ when a flush has landed.
 
 from __future__ import annotations
 
+import html
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,23 +18,27 @@ import numpy as np
 import streamlit as st
 import xarray as xr
 
-from attnres_probe.analysis.select import AnalysisError, tail
+from attnres_probe.analysis.select import DEFAULT_FRACTION, AnalysisError, nearest_step, tail
 from attnres_probe.app import confine
-from attnres_probe.app.text import TRAIN_HINT, describe_error, literal
+from attnres_probe.app.text import COMMAND_ENV, TRAIN_HINT, describe_error, literal
 from attnres_probe.checkpoint import CHECKPOINT_FILE
+from attnres_probe.figures import figure_table, run_series
 from attnres_probe.store import RunInfo, open_run, run_info, run_paths, store_version
 
 RUN_KEY = "run"
 COMPARE_KEY = "compare"
 STEP_KEY = "step"
-MEAN_TAIL_KEY = "mean_tail"
+WINDOW_KEY = "window"
+# The options are also the URL's values (?window=one+step): Streamlit puts labels in the URL.
+TAIL, ONE_STEP = "mean of the last 10 %", "one step"
+SEEDS_KEY = "each_seed"
 REFUSED_KEY = "_refused"  # why the run named in the URL is not shown
 LATEST_KEY = "_latest_step"  # the last recorded step when the slider was last drawn
 REFRESH_KEY = "refresh"
 REFRESH_CHOICES = {"off": None, "2 s": 2.0, "5 s": 5.0, "10 s": 10.0, "30 s": 30.0}
 DEFAULT_REFRESH = "5 s"
 PLOTLY_CONFIG = {"displaylogo": False}
-TAIL_FRACTION = 0.1  # the figures' default: profiles averaged over the last 10 % of steps
+MAX_TRAINING_POINTS = 1000  # measures over training fit one profile per point: long runs window
 
 
 # ----------------------------------------------------------------------------- runs
@@ -140,23 +146,31 @@ def refresh_every(live: bool) -> float | None:
     return REFRESH_CHOICES.get(st.session_state.get(REFRESH_KEY, DEFAULT_REFRESH))
 
 
-def step_picker(ds: xr.Dataset) -> int | None:
-    """A step slider over the recorded steps (bound to ``?step=``), or None for the tail mean.
+def step_picker(steps: np.ndarray) -> int | None:
+    """The profiles' window, bound to ``?window=`` and ``?step=``: by default the mean of the
+    last 10 % of recorded steps (as in the report and ``export``), or one step on a slider over
+    ``steps`` (the recorded steps). Returns the step, or None for the tail mean.
 
-    Left untouched it follows the latest recorded step, so a live run's view moves along.
+    A URL naming a step opens on that step. A step that was not recorded is said so, with the
+    one shown. Left at the latest step, the slider follows a live run.
     """
-    steps = ds["step"].values
+    steps = np.asarray(steps)
     if steps.size == 0:
         return None
-    first, last = int(steps[0]), int(steps[-1])
-    mean_tail = st.checkbox(
-        "Average the last 10 % of recorded steps instead of one step",
-        key=MEAN_TAIL_KEY,
+    default = ONE_STEP if STEP_KEY in st.query_params else TAIL
+    window = st.segmented_control(
+        "Profiles over recorded steps",
+        [TAIL, ONE_STEP],
+        default=default,
+        key=WINDOW_KEY,
         bind="query-params",
     )
+    if window != ONE_STEP:
+        return None
+    first, last = int(steps[0]), int(steps[-1])
     if first == last:
         st.caption(f"one recorded step: {first}")
-        return None if mean_tail else first
+        return first
     spacing = int(np.gcd.reduce(np.diff(steps.astype(np.int64)))) or 1
     kept = st.session_state.get(STEP_KEY)
     if kept is not None and not first <= kept <= last:
@@ -165,31 +179,57 @@ def step_picker(ds: xr.Dataset) -> int | None:
         st.session_state[STEP_KEY] = last  # it was at the latest step: follow the live run
     # The initial value only when the widget is new; afterwards its state (or the URL) rules.
     initial = {} if STEP_KEY in st.session_state else {"value": last}
-    step = st.slider(
-        "Step",
-        min_value=first,
-        max_value=last,
-        step=spacing,
-        key=STEP_KEY,
-        bind="query-params",
-        disabled=mean_tail,
-        **initial,
+    step = int(
+        st.slider(
+            "Step",
+            min_value=first,
+            max_value=last,
+            step=spacing,
+            key=STEP_KEY,
+            bind="query-params",
+            **initial,
+        )
     )
     st.session_state[LATEST_KEY] = last
-    return None if mean_tail else int(step)
+    nearest = nearest_step(steps, step)
+    if nearest != step:
+        st.caption(f"Step {step} was not recorded; showing step {nearest}, the nearest one.")
+    return step
+
+
+def seeds_picker(runs: dict[str, xr.Dataset]) -> str:
+    """'band' (runs that differ only in seed as mean and range), or 'each' when asked; the
+    toggle is shown only when some of ``runs`` form such a group."""
+    if all(not s.is_group for s in run_series(runs)):
+        return "band"
+    each = st.toggle(
+        "Each seed on its own",
+        key=SEEDS_KEY,
+        bind="query-params",
+        help="Runs that differ only in their seed are drawn as their mean with a band over the "
+        "seeds' range (min to max); switch this on to draw every run.",
+    )
+    return "each" if each else "band"
+
+
+def training_window(runs: dict[str, xr.Dataset] | xr.Dataset) -> int | None:
+    """Recorded steps per point of a measure over training: None (every step) up to
+    :data:`MAX_TRAINING_POINTS` steps, else windows that bring the longest run down to it."""
+    datasets = [runs] if isinstance(runs, xr.Dataset) else list(runs.values())
+    longest = max(ds.sizes.get("step", 0) for ds in datasets)
+    return None if longest <= MAX_TRAINING_POINTS else -(-longest // MAX_TRAINING_POINTS)
 
 
 def view(ds: xr.Dataset, step: int | None = None, steps: list[int] | None = None) -> xr.Dataset:
     """The recorded steps a profile figure reads: the one nearest ``step``, the given
-    ``steps``, or (both None) the last ``TAIL_FRACTION`` of the run. Pass the figure
+    ``steps``, or (both None) the last ``DEFAULT_FRACTION`` of the run. Pass the figure
     ``fraction=1.0`` with a tail view. On a long lazily-opened run this reads one chunk or the
     tail from disk instead of every step."""
     if steps:
         return ds.sel(step=steps, method="nearest")
     if step is None:
-        return tail(ds, TAIL_FRACTION)
-    nearest = int(ds["step"].sel(step=step, method="nearest"))
-    return ds.sel(step=[nearest])
+        return tail(ds, DEFAULT_FRACTION)
+    return ds.sel(step=[nearest_step(ds["step"].values, step)])
 
 
 # ----------------------------------------------------------------------------- showing
@@ -205,7 +245,6 @@ def selected(all_rows: list[RunInfo]) -> tuple[RunInfo, Path] | None:
     if row is None:
         st.info(f"No run to show. Make one:\n\n```\n{make_run_hint(root_info.path)}\n```")
         return None
-    st.caption(literal(describe_row(row)))
     return row, confine.resolve_run(root_info.path, row.name)
 
 
@@ -232,7 +271,11 @@ def has_checkpoint(path: Path) -> bool:
 
 
 def make_run_hint(root_path: Path) -> str:
-    return TRAIN_HINT.format(root=root_path)
+    """The command that records a run under ``root_path``, named as the dashboard was started
+    (e.g. ``.venv/bin/attnres-probe``)."""
+    hint = TRAIN_HINT.format(root=root_path)
+    program = os.environ.get(COMMAND_ENV, "").strip()
+    return program + hint.removeprefix("attnres-probe") if program else hint
 
 
 def header(title: str) -> None:
@@ -252,25 +295,58 @@ def error(err: BaseException) -> None:
     st.error(literal(describe_error(err)))
 
 
-def chart(make: Callable[[], object], key: str | None = None) -> bool:
-    """Draw the figure ``make()`` returns; an expected failure becomes a message. True if drawn."""
+def chart(make: Callable[[], object], key: str, table: bool = False) -> object | None:
+    """Draw the figure ``make()`` returns, exactly as the report and ``export`` draw it; an
+    expected failure becomes a message. With ``table``, the numbers it draws follow in an
+    expander with a CSV download. Returns the figure, or None when it could not be drawn."""
     try:
         fig = make()
     except (AnalysisError, ValueError, KeyError, FileNotFoundError) as err:
         st.info(literal(describe_error(err)))
-        return False
-    st.plotly_chart(fig, config=PLOTLY_CONFIG, key=key)
-    return True
+        return None
+    st.plotly_chart(fig, config=PLOTLY_CONFIG, key=key, theme=None)
+    if table:
+        numbers(fig, key)
+    return fig
 
 
-def live(body: Callable[[], None], is_live: bool, path: Path | None = None) -> None:
+def numbers(fig, key: str) -> None:
+    """The numbers a line figure draws, as a table with a CSV download."""
+    frame = figure_table(fig)
+    if frame.empty:
+        return
+    frame.columns = [html.unescape(str(c)) for c in frame.columns]
+    frame.index = [html.unescape(str(i)) for i in frame.index]
+    frame.index.name = "position"
+    with st.expander("Numbers (table, CSV)"):
+        st.dataframe(frame, key=f"{key}_table")
+        st.download_button(
+            "Download CSV",
+            frame.to_csv().encode("utf-8"),
+            file_name=f"{key}.csv",
+            mime="text/csv",
+            key=f"{key}_csv",
+        )
+
+
+def live(
+    body: Callable[[], None],
+    is_live: bool,
+    path: Path | None = None,
+    row: RunInfo | None = None,
+) -> None:
     """Run ``body`` as a fragment that re-runs on the refresh interval while ``is_live``.
 
-    With ``path`` (the run shown), a run that stops being live (finished, or its writer died)
-    redraws the whole page once, which stops the polling and updates the sidebar.
+    With ``row`` (the run shown), its one-line description comes first, read afresh on every
+    refresh so a live run's step count moves along. With ``path``, a run that stops being live
+    (finished, or its writer died) redraws the whole page once, which stops the polling and
+    updates the sidebar.
     """
 
     def fragment() -> None:
+        if row is not None:
+            fresh = _info(str(root().path), row.name, version(path)) if path is not None else row
+            st.caption(literal(describe_row(fresh)))
         body()
         if is_live and path is not None and _status(path) != "live":
             _info.clear()
@@ -293,3 +369,30 @@ def forget_loaded() -> None:
     _open.clear()
     _info.clear()
     _names.clear()
+
+
+def compare_picker(names: list[str], default: list[str], label: str = "Runs") -> list[str]:
+    """The compared runs, bound to ``?compare=``: repeated keys (``compare=a&compare=b``) or
+    one comma-separated list (``compare=a,b``); names not listed are dropped."""
+    requested = st.query_params.get_all(COMPARE_KEY)
+    if any(r not in names and "," in r for r in requested):
+        split = [n for r in requested for n in (r.split(",") if r not in names else [r])]
+        st.session_state[COMPARE_KEY] = [n for n in dict.fromkeys(split) if n in names]
+        default = None  # the state set here is the value; a default beside it would warn
+    return st.multiselect(label, names, default=default, key=COMPARE_KEY, bind="query-params")
+
+
+def load_many(names: list[str]) -> dict[str, xr.Dataset]:
+    """The runs ``names`` under ROOT that have recorded steps; one that cannot be read is
+    warned about and left out."""
+    root_path = root().path
+    runs = {}
+    for name in names:
+        try:
+            ds = load(confine.resolve_run(root_path, name))
+        except Exception as err:  # noqa: BLE001 - one bad run must not hide the others
+            st.warning(literal(f"{name}: {describe_error(err)}"))
+            continue
+        if ds.sizes.get("step", 0):
+            runs[name] = ds
+    return runs

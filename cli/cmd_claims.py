@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from attnres_probe.cli.common import (
+    command_name,
     err_console,
     fail,
     library_errors,
@@ -53,7 +54,7 @@ def claims(
             if marked_block(check_readme.read_text(encoding="utf-8")) != table:
                 raise fail(
                     f"the claims table in {check_readme} differs from the runs under {root}; "
-                    f"regenerate it: attnres-probe claims {root} --update-readme {check_readme}"
+                    f"regenerate it: {command_name()} claims {root} --update-readme {check_readme}"
                 )
             err_console.print(f"{check_readme} matches the runs under {root}", highlight=False)
     if update_readme is not None or check_readme is not None:

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from attnres_probe.cli.common import err_console, fail
+from attnres_probe.cli.common import command_name, err_console, fail
 from attnres_probe.cli.main import app
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -87,6 +87,7 @@ def dashboard(
     import importlib.util
 
     from attnres_probe.app.confine import ROOT_ENV
+    from attnres_probe.app.text import COMMAND_ENV
 
     if port is not None and not 1 <= port <= 65535:
         raise fail(f"--port {port} is not a port number (1..65535)", code=2)
@@ -110,6 +111,7 @@ def dashboard(
     env.pop(ROOT_ENV, None)
     if root is not None:
         env[ROOT_ENV] = str(root.resolve())
+    env[COMMAND_ENV] = command_name()  # the pages' hints name the command as it was run
     shown_host = f"[{host}]" if ":" in host else host
     url = f"http://{shown_host}:{port}"
     where = root.resolve() if root is not None else "the bundled sample runs"

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from attnres_probe.cli.common import (
+    command_name,
     err_console,
     library_errors,
     out_console,
@@ -138,7 +139,7 @@ def demo(
         f"report: {result.report}",
         f"took: {took}",
         "open the dashboard on these runs:",
-        f"  {result.dashboard_command}",
+        f"  {result.dashboard_command(command_name())}",
     ):
         out_console.print(line, highlight=False, soft_wrap=True, markup=False)
     if open_dashboard:

@@ -1,8 +1,10 @@
-"""``attnres-probe export``: figures of one or more runs to PNG, SVG, PDF, HTML or JSON files."""
+"""``attnres-probe export``: figures of one or more runs to image, HTML or JSON files."""
 
 from __future__ import annotations
 
 import enum
+import os
+import textwrap
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +20,7 @@ from attnres_probe.cli.common import (
     writable_folder,
 )
 from attnres_probe.cli.main import app
+from attnres_probe.tools.export import FORMATS, ExportError, check_format, same_format
 
 
 class FigureChoice(enum.StrEnum):
@@ -35,74 +38,135 @@ class FigureChoice(enum.StrEnum):
     layer_grad = "layer-grad"
     layer_param_grad = "layer-param-grad"
     excess_over_training = "excess-over-training"
+    grad_map = "grad-map"
+    update_map = "update-map"
     pruning = "pruning"
+    prune_path = "prune-path"
     loss = "loss"
     all = "all"
 
 
-class FormatChoice(enum.StrEnum):
-    png = "png"
-    svg = "svg"
-    pdf = "pdf"
-    html = "html"
-    json = "json"
+class SeedChoice(enum.StrEnum):
+    band = "band"
+    each = "each"
 
 
 FIGURE_NAMES = tuple(f.value for f in FigureChoice if f is not FigureChoice.all)
 ALL_FIGURES = [FigureChoice.all]
+DEFAULT_FOLDER = "figures"
 
 
-def _one_file(names: list[str], out: Path | None) -> bool:
-    """True when ``out`` names a single figure's file rather than a folder of figures."""
-    return len(names) == 1 and out is not None and bool(out.suffix) and not out.is_dir()
+def _checked_format(value: str, option: str) -> str:
+    try:
+        return check_format(value)
+    except ExportError as err:
+        raise fail(f"{option}: {err}", 2) from None
 
 
-def _targets(names: list[str], fmt: str, out: Path | None) -> dict[str, Path]:
-    """Output path per figure: a file for one figure, a folder of <figure>.<fmt> for several."""
-    if _one_file(names, out):
-        return {names[0]: writable_file(out)}
-    folder = writable_folder(out if out is not None else Path("figures"))
-    return {n: folder / f"{n}.{fmt}" for n in names}
+def plan_targets(
+    names: list[str], out: str | None, fmt: str | None
+) -> tuple[str, Path | None, Path | None]:
+    """(format, one file, folder) for ``names`` written to ``out``: exactly one of file and
+    folder is set. ``out`` ending in a slash, an existing folder or a name without a suffix is
+    a folder of ``<figure>.<format>`` files; any other name is one figure's file, whose suffix
+    gives the format unless ``fmt`` does (they must agree). Usage errors exit 2, unusable
+    paths 1; nothing is created."""
+    fmt = _checked_format(fmt, "--format") if fmt else None
+    raw = out if out is not None else DEFAULT_FOLDER
+    path = Path(raw)
+    is_folder = raw.endswith(("/", os.sep)) or path.is_dir() or not path.suffix
+    if is_folder:
+        return fmt or "png", None, writable_folder(path)
+    if len(names) > 1:
+        if path.exists():
+            writable_folder(path)  # says that it is a file
+        raise fail(
+            f"--out {raw} names one file but {len(names)} figures are drawn; pass a folder "
+            f"(--out {path.with_suffix('')}/) or one --figure",
+            2,
+        )
+    suffix = _checked_format(path.suffix, f"--out {raw}")
+    if fmt is not None and not same_format(fmt, suffix):
+        raise fail(f"--out {raw} ends in {path.suffix} but --format is {fmt}; make them agree", 2)
+    return fmt or suffix, writable_file(path), None
 
 
-@app.command()
+def _figure_list() -> str:
+    """The figure names for the help's epilog, kept whole: Click would break lines at hyphens."""
+    lines = textwrap.wrap(", ".join(f.value for f in FigureChoice), 76, break_on_hyphens=False)
+    return "Figures: \n\n\b\n" + "\n".join(lines)
+
+
+@app.command(epilog=_figure_list())
 def export(
-    runs: Annotated[list[Path], typer.Argument(help="Run directories (or their .zarr stores).")],
+    runs: Annotated[
+        list[Path],
+        typer.Argument(metavar="RUN", help="Run directories (or their .zarr stores)."),
+    ],
     figure: Annotated[
         list[FigureChoice],
-        typer.Option("--figure", "-f", help="Figure to draw; repeat for several, or 'all'."),
+        typer.Option(
+            "--figure",
+            "-f",
+            metavar="FIGURE",
+            help="Figure to draw (the names are listed below); repeat for several.",
+        ),
     ] = ALL_FIGURES,  # noqa: B006 (typer reads the default, never mutates it)
     fmt: Annotated[
-        FormatChoice | None,
-        typer.Option("--format", help="File format; default: from --out's suffix, else png."),
+        str | None,
+        typer.Option(
+            "--format",
+            metavar="|".join(FORMATS),
+            help="File format; default: --out's suffix, else png.",
+        ),
     ] = None,
     out: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            "--out", "-o", help="File for one figure; folder for several (default: figures/)."
+            "--out",
+            "-o",
+            metavar="PATH",
+            help="A file for one figure (its suffix gives the format), or a folder (ends in / "
+            f"or has no suffix) of FIGURE.FORMAT files; default: {DEFAULT_FOLDER}/.",
         ),
     ] = None,
     step: Annotated[
         int | None,
-        typer.Option(help="Draw profiles at this step; default: mean of the last 10 % of steps."),
+        typer.Option(
+            help="Draw profiles at the recorded step nearest this one; default: the mean of the "
+            "last 10 % of recorded steps."
+        ),
     ] = None,
+    width: Annotated[
+        int | None, typer.Option(min=100, max=10000, help="Width in CSS pixels.")
+    ] = None,
+    height: Annotated[
+        int | None, typer.Option(min=100, max=10000, help="Height in CSS pixels.")
+    ] = None,
+    scale: Annotated[
+        float,
+        typer.Option(min=0.1, max=10.0, help="Pixel density of PNG/JPEG/WebP (2: twice sharper)."),
+    ] = 1.0,
+    seeds: Annotated[
+        SeedChoice,
+        typer.Option(
+            help="Runs that differ only in seed: their mean and range (band), or each run."
+        ),
+    ] = SeedChoice.band,
+    self_contained: Annotated[
+        bool,
+        typer.Option(
+            "--self-contained",
+            help="Inline plotly.js into each HTML file instead of one plotly.min.js beside them.",
+        ),
+    ] = False,
 ) -> None:
     """Draw figures of recorded runs (overlaid or side by side) and write them to files."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
     names = list(FIGURE_NAMES) if any(f.value == "all" for f in figure) else []
     names += [f.value for f in figure if f.value != "all" and f.value not in names]
-    suffix = out.suffix.lstrip(".").lower() if out is not None and out.suffix else ""
-    if fmt is None:
-        fmt_value = suffix if suffix in {c.value for c in FormatChoice} else "png"
-    else:
-        fmt_value = fmt.value
-        if len(names) == 1 and suffix and suffix != fmt_value:
-            raise fail(
-                f"--out {out} ends in .{suffix} but --format is {fmt_value}; make them agree", 2
-            )
-
-    _targets(names, fmt_value, out)  # an unwritable --out fails before any drawing
+    fmt_value, one_file, folder = plan_targets(names, out, fmt)
     with library_errors():
         from attnres_probe import figures
         from attnres_probe.analysis.select import AnalysisError
@@ -113,28 +177,38 @@ def export(
         built = []
         for name in names:
             try:
-                built.append((name, figures.make_figure(name, datasets, step=step)))
+                built.append(
+                    (name, figures.make_figure(name, datasets, step=step, seeds=seeds.value))
+                )
             except AnalysisError as err:
                 if len(names) == 1:
                     raise
                 err_console.print(f"skipped {name}: {err}", highlight=False, soft_wrap=True)
         if not built:
             raise fail("no figure could be drawn from these runs")
-        targets = _targets([n for n, _ in built], fmt_value, out)
-        items = [(fig, targets[n]) for n, fig in built]
-        for fig, _ in items:
-            n_heatmaps = sum(t.type == "heatmap" for t in fig.data)
-            if n_heatmaps > 2 and fig.layout.width is None:
-                fig.update_layout(width=480 * n_heatmaps + 160)
+        items = [
+            (fig, one_file if one_file is not None else folder / f"{name}.{fmt_value}")
+            for name, fig in built
+        ]
         columns = (TextColumn("[bold]export {task.description}"), BarColumn(), MofNCompleteColumn())
+        # A bar on a terminal only: a redirected stderr would get its last frame as a stray line.
         with LazyProgress(*columns, console=err_console, transient=True) as progress:
             tasks: list[int] = []
 
             def on_written(done: int, total: int, path: Path) -> None:
+                if not err_console.is_terminal:
+                    return
                 if not tasks:  # the first file is written: the exporter works
                     tasks.append(progress.add_task(fmt_value, total=total))
                 progress.update(tasks[0], completed=done)
 
-            written = write_figures(items, fmt_value, on_written)
+            written = write_figures(
+                items,
+                fmt_value,
+                on_written,
+                size=(width, height),
+                scale=scale,
+                self_contained=self_contained,
+            )
     for path in written:
         out_console.print(str(path), highlight=False, soft_wrap=True)

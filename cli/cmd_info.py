@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,13 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from attnres_probe.cli.common import err_console, library_errors, out_console
+from attnres_probe.cli.common import (
+    command_name,
+    err_console,
+    fail,
+    library_errors,
+    out_console,
+)
 from attnres_probe.cli.main import app
 
 
@@ -116,6 +123,37 @@ def _rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _runs_below(path: Path) -> list:
+    """The runs in folder ``path`` when it is a folder of runs rather than a run, else []."""
+    from attnres_probe.store import list_runs
+
+    if not path.is_dir() or path.name.endswith(".zarr") or (path / "recording.zarr").exists():
+        return []
+    return [r for r in list_runs(path) if r.name != "."]
+
+
+def _print_runs(root: Path, runs: list, as_json: bool) -> None:
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    if as_json:
+        typer.echo(json.dumps([asdict(r) for r in runs], indent=2, ensure_ascii=False))
+        return
+    table = Table(title=f"{len(runs)} runs under {root}", title_justify="left", box=None)
+    table.add_column("run", min_width=min(40, max(len(r.name) for r in runs)), overflow="fold")
+    for name in ("state", "kind", "layers", "recorded steps", "last step", "last loss"):
+        table.add_column(name, justify="left" if name in ("state", "kind") else "right")
+    for r in runs:
+        cells = (r.name, r.status, r.residual, r.n_layers, r.n_steps, r.last_step, r.last_loss)
+        table.add_row(*(Text(_fmt(c)) for c in cells))
+    out_console.print(table)
+    example = shlex.quote(str(root / runs[0].name))
+    out_console.print(
+        f"one in detail: {command_name()} info {example}", highlight=False, soft_wrap=True
+    )
+
+
 @contextlib.contextmanager
 def warnings_as_lines(run: Path) -> Iterator[None]:
     """Print the warnings raised inside, once each, as one ``warning: …`` line on stderr when
@@ -145,9 +183,16 @@ def info(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Summarise a run: model, steps recorded and its headline depth-dynamics numbers."""
+    """Summarise a run: model, steps recorded and its headline depth-dynamics numbers; given a
+    folder of runs, list them."""
     from rich.table import Table
 
+    listed = _runs_below(run)
+    if listed:
+        if repair:
+            raise fail(f"{run} is a folder of {len(listed)} runs; --repair mends one: name it")
+        _print_runs(run, listed, as_json)
+        return
     with library_errors(), warnings_as_lines(run):
         from attnres_probe.analysis.summary import run_summary
         from attnres_probe.checkpoint import checkpoint_facts

@@ -8,7 +8,13 @@ from typing import Annotated
 
 import typer
 
-from attnres_probe.cli.common import fail, library_errors, out_console, progress_bars
+from attnres_probe.cli.common import (
+    fail,
+    library_errors,
+    out_console,
+    progress_bars,
+    torch_device,
+)
 from attnres_probe.cli.main import app
 
 
@@ -135,19 +141,3 @@ def prune(
             f"the results above could not be stored in {run} ({err}); make the run writable "
             "and prune again to keep them"
         ) from None
-
-
-def torch_device(name: str) -> str:
-    """``name`` when torch knows the device, a model can run on it and this machine has it: a
-    usage error (exit 2) for a name that is no usable device (``gpu0``, ``meta``, ``cpu:7``),
-    a failure (exit 1) for a device missing here."""
-    from attnres_probe.devices import DeviceMissingError, usable_device
-    from attnres_probe.resources import OptionError
-
-    try:
-        usable_device(name)
-    except OptionError as err:
-        raise fail(str(err), 2) from None
-    except DeviceMissingError as err:
-        raise fail(str(err)) from None
-    return name

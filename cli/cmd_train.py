@@ -12,6 +12,7 @@ from attnres_probe.cli.common import (
     library_errors,
     out_console,
     progress_bars,
+    torch_device,
     usage_errors,
     writable_folder,
 )
@@ -21,14 +22,18 @@ from attnres_probe.cli.main import app
 @app.command()
 def train(
     residual: Annotated[
-        str, typer.Option(help="Residual kind: baseline, full or block.")
+        str,
+        typer.Option(
+            metavar="baseline|full|block",
+            help="Residual kind: PreNorm baseline, Full AttnRes or Block AttnRes.",
+        ),
     ] = "baseline",
-    layers: Annotated[int, typer.Option(help="Transformer layers (2 sublayers each).")] = 8,
+    layers: Annotated[int, typer.Option(help="Transformer layers (2 sublayers each).")] = 16,
     d_model: Annotated[int, typer.Option("--d-model", help="Model width.")] = 64,
     n_heads: Annotated[int, typer.Option("--n-heads", help="Attention heads.")] = 4,
-    n_blocks: Annotated[int, typer.Option("--n-blocks", help="Blocks (block kind only).")] = 4,
-    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 200,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per step.")] = 16,
+    n_blocks: Annotated[int, typer.Option("--n-blocks", help="Blocks (block kind only).")] = 8,
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 300,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per step.")] = 8,
     seq_len: Annotated[int, typer.Option("--seq-len", help="Bytes per sequence.")] = 64,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
     seed: Annotated[int, typer.Option(help="Seed for weights and data order.")] = 0,
@@ -41,6 +46,7 @@ def train(
         Path | None,
         typer.Option(help="Run directory; default: runs/RESIDUAL-sSEED (e.g. runs/block-s0)."),
     ] = None,
+    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
     overwrite: Annotated[
         bool,
         typer.Option(
@@ -86,6 +92,7 @@ def train(
         )
         check_threads(threads)
         check_training(model_cfg, train_cfg)
+    device = torch_device(device)
     run_dir = writable_folder(out or Path("runs") / f"{residual}-s{seed}")
     with library_errors():
         check_run_dir(run_dir, overwrite)
@@ -125,6 +132,7 @@ def train(
                 train_cfg,
                 run_dir,
                 on_step=on_step,
+                device=device,
                 corpus=corpus,
                 overwrite=overwrite,
                 threads=picked.n,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -144,11 +146,17 @@ def library_errors() -> Iterator[None]:
     except OptionError as err:  # a size or setting the model or machine cannot take: exit 2
         raise fail(str(err), 2) from None
     except (ValueError, OSError) as err:
-        raise fail(str(err) or type(err).__name__) from None
+        raise fail(_as_run(str(err) or type(err).__name__)) from None
     except Exception as err:
         if _from_library(err):
-            raise fail(str(err) or type(err).__name__) from None
+            raise fail(_as_run(str(err) or type(err).__name__)) from None
         raise
+
+
+def _as_run(message: str) -> str:
+    """A library message whose suggested commands (```attnres-probe …```) name the command
+    line as the user runs it."""
+    return message.replace(f"`{PROGRAM} ", f"`{command_name()} ")
 
 
 @contextlib.contextmanager
@@ -198,3 +206,47 @@ def writable_file(path: Path, option: str = "--out") -> Path:
     if why is not None:
         raise fail(f"{option} {path} cannot be written: {why}; pass a path you can write to")
     return path
+
+
+PROGRAM = "attnres-probe"
+
+
+def command_name(argv0: str | None = None) -> str:
+    """The command line as the user runs it, for the commands it suggests: ``attnres-probe``
+    when that is what the shell finds, else the path typed (``.venv/bin/attnres-probe``), or
+    ``python -m attnres_probe.cli``."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    name = os.path.basename(argv0)
+    if os.path.exists(argv0) and os.path.samefile(argv0, Path(__file__).parent / "__main__.py"):
+        python = os.path.basename(sys.executable)
+        same = shutil.which(python) and os.path.samefile(shutil.which(python), sys.executable)
+        return f"{python if same else _shown_path(sys.executable)} -m attnres_probe.cli"
+    if name != PROGRAM or os.sep not in argv0:
+        return PROGRAM
+    found = shutil.which(PROGRAM)
+    if found and os.path.exists(argv0) and os.path.samefile(found, argv0):
+        return PROGRAM
+    return _shown_path(argv0)
+
+
+def _shown_path(path: str) -> str:
+    """``path`` relative to the working directory when below it, else absolute."""
+    full = os.path.abspath(path)
+    rel = os.path.relpath(full)
+    return rel if not rel.startswith("..") else full
+
+
+def torch_device(name: str) -> str:
+    """``name`` when torch knows the device, a model can run on it and this machine has it: a
+    usage error (exit 2) for a name that is no usable device (``gpu0``, ``meta``, ``cpu:7``),
+    a failure (exit 1) for a device missing here."""
+    from attnres_probe.devices import DeviceMissingError, usable_device
+    from attnres_probe.resources import OptionError
+
+    try:
+        usable_device(name)
+    except OptionError as err:
+        raise fail(str(err), 2) from None
+    except DeviceMissingError as err:
+        raise fail(str(err)) from None
+    return name

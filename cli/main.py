@@ -28,7 +28,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from attnres_probe.cli.common import BadOption, click_errors
+from attnres_probe.cli.common import BadOption, click_errors, command_name
 
 TRACEBACK_ENV = "ATTNRES_PROBE_TRACEBACK"
 
@@ -53,12 +53,15 @@ class OneLineErrors(TyperGroup):
     """The command group: every error it lets through is printed by :func:`error_line`."""
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        # Usage lines and "see '… --help'" name the command as it was run.
+        kwargs.setdefault("prog_name", command_name())
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
             result = super().main(*args, standalone_mode=False, **kwargs)
-        except click_errors.NoArgsIsHelpError:
-            sys.exit(2)  # the help was printed when the error was made
+        except click_errors.NoArgsIsHelpError as err:
+            typer.echo(err.ctx.get_help())  # a bare command asks for its help, not an error line
+            sys.exit(2)
         except click_errors.UsageError as err:
             error_line(usage_message(err))
             sys.exit(err.exit_code)
@@ -86,7 +89,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="markdown",  # docstrings are paragraphs: wrapped lines join
+    # Click's plain help: flags without a type, choices never broken inside a word.
+    rich_markup_mode=None,
 )
 
 

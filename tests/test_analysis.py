@@ -23,7 +23,8 @@ def test_snapshot_at_a_step_picks_the_nearest_recorded_step():
     ds = baseline_run(n_steps=10)
     one = snapshot(ds["hidden_rms"], step=41)
     assert one.values.tolist() == [5.0, 10.0, 15.0, 20.0]  # step 40 is row i = 4
-    assert one.attrs["steps"] == "step 40"
+    assert one.attrs["steps"] == "step 40 (step 41 was not recorded; the nearest recorded one)"
+    assert snapshot(ds["hidden_rms"], step=40).attrs["steps"] == "step 40"
 
 
 def test_relative_update_is_update_over_stream():

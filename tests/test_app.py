@@ -18,6 +18,7 @@ from urllib.parse import parse_qs
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
+from synthetic_runs import decode
 from test_app_runs import (
     BASELINE,
     BROKEN,
@@ -39,7 +40,7 @@ from attnres_probe.app.confine import ROOT_ENV
 from attnres_probe.store.synthetic import step_values
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "app" / "dashboard.py"
-PAGES = ("dilution", "depth_attention", "gradients", "pruning", "compare")
+PAGES = ("dilution", "depth_attention", "gradients", "training", "pruning", "compare")
 
 
 @pytest.fixture(scope="module")
@@ -167,10 +168,11 @@ def markdown_sources(at: AppTest) -> list[str]:
 @pytest.mark.parametrize("page", ["runs", *PAGES])
 def test_a_run_name_with_markdown_and_html_is_escaped_in_every_markdown_element(dashboard, page):
     """Wherever the name reaches markdown it is escaped: no image, link, emphasis or HTML."""
-    query = {"compare": [HTML_NAME, FULL]} if page == "compare" else {"run": HTML_NAME}
+    multi = page in ("compare", "training")
+    query = {"compare": [HTML_NAME, FULL]} if multi else {"run": HTML_NAME}
     at = dashboard(page, **query)
     showing = [m for m in markdown_sources(at) if "onerror" in m]
-    if page != "compare":  # it names the run only in its charts and picker
+    if page not in ("compare", "training"):  # these name runs only in charts and picker
         assert showing, markdown_sources(at)
     for source in showing:
         bare = re.sub(r"\\.", "", source)  # drop every escaped character
@@ -308,14 +310,28 @@ def test_compare_ignores_runs_outside_root_named_in_the_query_string(dashboard, 
 def test_run_and_step_come_from_the_query_string(dashboard):
     at = dashboard("depth_attention", run=FULL, step="100")
     assert at.sidebar.selectbox(key="run").value == FULL
+    assert at.segmented_control(key="window").value == "one step"  # a step in the URL: one step
     assert at.slider(key="step").value == 100
     heatmap = charts(at)[0]
-    assert "step 100" in heatmap["layout"]["annotations"][0]["text"]
+    assert "step 100" in heatmap["layout"]["title"]["text"]
 
 
 def test_a_step_outside_the_run_falls_back_to_the_latest(dashboard):
     at = dashboard("gradients", run=FULL, step="99999")
     assert at.slider(key="step").value == 290
+
+
+def test_a_step_that_was_not_recorded_says_which_one_is_shown(dashboard):
+    at = dashboard("gradients", run=BASELINE, step="104")  # recorded: 0, 10, …, 290
+    shown = [plain(c) for c in texts(at, "caption")]
+    assert "Step 104 was not recorded; showing step 100, the nearest one." in shown
+    assert "step 100 (step 104 was not recorded" in charts(at)[0]["layout"]["title"]["text"]
+
+
+def test_compare_takes_a_comma_separated_list_as_well_as_repeated_keys(dashboard):
+    at = dashboard("compare", compare=f"{BASELINE},{FULL}")
+    assert at.multiselect(key="compare").value == [BASELINE, FULL]
+    assert len(charts(at)) == 8
 
 
 # ----------------------------------------------------------------------------- pages
@@ -331,29 +347,93 @@ def test_every_page_opens_on_baseline_and_attnres_runs(dashboard, page, run):
         "dilution": 4,  # stream, relative update, output per layer, growth over training
         "gradients": 4 if run == BASELINE else 5,  # AttnRes: mass received beside gradients
         "depth_attention": 0 if run == BASELINE else 2,
+        "training": 3,
         "pruning": 0,
-        "compare": 7,
+        "compare": 8,
     }[page]
     assert len(drawn) == expected
+
+
+def test_profile_pages_default_to_the_mean_of_the_last_10_percent_as_report_and_export(
+    dashboard, root
+):
+    from attnres_probe import figures
+    from attnres_probe.store import open_run
+
+    at = dashboard("dilution", run=BASELINE)
+    assert at.segmented_control(key="window").value == "mean of the last 10 %" and not at.slider
+    dilution = charts(at)[0]
+    assert "mean of steps 270–290 (3 recorded)" in dilution["layout"]["title"]["text"]
+    exported = figures.dilution({BASELINE: open_run(root / BASELINE)})
+    np.testing.assert_allclose(decode(dilution["data"][0]["y"]), exported.data[0].y, rtol=1e-6)
+
+
+def test_each_profile_has_its_numbers_as_a_table_with_a_csv_download(dashboard):
+    at = dashboard("dilution", run=BASELINE)
+    table = at.dataframe[0].value
+    assert list(table.index)[:2] == ["L0.attn", "L0.mlp"] and list(table.columns) == [BASELINE]
+    grad = charts(at)[0]["data"][0]
+    np.testing.assert_allclose(table[BASELINE].values, decode(grad["y"]), rtol=1e-6)
+    assert at.get("download_button")
 
 
 def test_dilution_overlays_steps_across_training_and_switches_to_log_scale(dashboard):
     at = dashboard("dilution", run=BASELINE)
     assert len(charts(at)[0]["data"]) == 1
-    at.checkbox(key="over_training").check().run()
-    at.checkbox(key="log_y").check().run()
+    at.toggle(key="over_training").set_value(True).run()
+    at.toggle(key="log_y").set_value(True).run()
     dilution = charts(at)[0]
     assert len(dilution["data"]) == 5
+    assert len({t["line"]["color"] for t in dilution["data"]}) == 5  # one colour per step
     assert dilution["layout"]["yaxis"]["type"] == "log"
 
 
-def test_the_step_slider_redraws_and_the_tail_mean_disables_it(dashboard):
+def test_the_step_slider_redraws_and_the_tail_mean_is_one_click_away(dashboard):
+    at = dashboard("gradients", run=BASELINE, window="one step")  # a shared URL's choice
+    assert at.slider(key="step").value == 290  # the latest step to begin with
     at = dashboard("gradients", run=BASELINE)
+    at.segmented_control(key="window").set_value("one step").run()
     at.slider(key="step").set_value(50).run()
     assert "step 50" in charts(at)[0]["data"][0]["hovertemplate"]
-    at.checkbox(key="mean_tail").check().run()
-    assert at.slider(key="step").disabled
-    assert "step 50" not in charts(at)[0]["data"][0]["hovertemplate"]
+    at.segmented_control(key="window").set_value("mean of the last 10 %").run()
+    assert not at.slider
+    assert "mean of steps" in charts(at)[0]["layout"]["title"]["text"]
+
+
+def test_training_page_draws_any_measure_and_the_step_by_sublayer_maps(dashboard):
+    at = dashboard("training", compare=[BASELINE, FULL])
+    measure, grad_map, update_map = charts(at)
+    assert measure["layout"]["title"]["text"].startswith("Stream RMS growth exponent")
+    at.selectbox(key="measure").select("grad-cv").run()
+    measure = charts(at)[0]
+    assert measure["layout"]["title"]["text"].startswith("Gradient spread")
+    assert {t["name"] for t in measure["data"]} == {BASELINE, FULL}
+    assert grad_map["data"][0]["y"][0] == "L0.attn" and len(grad_map["data"]) == 2
+    assert "relative update" in update_map["layout"]["title"]["text"].lower()
+
+
+def test_seed_groups_are_a_band_until_each_seed_is_asked_for(dashboard, tmp_path, monkeypatch):
+    from test_app_runs import record
+
+    for seed in range(3):
+        record(
+            tmp_path / f"base-s{seed}",
+            small("baseline"),
+            6,
+            seed=seed,
+            extra_attrs={"train_config": json.dumps({"seed": seed, "steps": 6})},
+        )
+    monkeypatch.setenv(ROOT_ENV, str(tmp_path))
+
+    def dilution_lines(at):
+        (fig,) = [c for c in charts(at) if c["layout"]["title"]["text"].startswith("PreNorm")]
+        return [t.get("name") for t in fig["data"] if t.get("name")]
+
+    at = dashboard("compare", compare=["base-s0", "base-s1", "base-s2"])
+    assert dilution_lines(at) == ["baseline · 2 layers (3 seeds)"]
+    at.toggle(key="each_seed").set_value(True).run()
+    names = dilution_lines(at)
+    assert names == ["base-s0", "base-s1", "base-s2"]
 
 
 def test_switching_run_in_the_sidebar_redraws_the_page(dashboard):
@@ -367,11 +447,16 @@ def test_per_token_view_runs_the_checkpoint_on_typed_text(dashboard):
     at = dashboard("depth_attention", run=TRAINED)
     at.text_area(key="token_text").input("abc").run()
     assert not at.exception
-    table = at.dataframe[0].value
+    table = at.dataframe[-1].value  # the token's table, after the entropy numbers
     assert list(table.index) == ["L0.attn", "L0.mlp", "L1.attn", "L1.mlp", "out"]
     assert table.loc["out"].sum() == pytest.approx(1.0, abs=1e-4)
+    token_map = charts(at)[-1]
+    assert list(token_map["data"][0]["y"]) == list(table.index)  # every reader row, drawn
+    np.testing.assert_allclose(
+        decode(token_map["data"][0]["z"]).astype(float), table.values, rtol=1e-5
+    )
     at.slider(key="token").set_value(0).run()
-    first = at.dataframe[0].value
+    first = at.dataframe[-1].value
     assert first.loc["L0.attn", "emb"] == pytest.approx(1.0)
     assert any("byte 'a'" in plain(c) for c in texts(at, "caption"))
 
@@ -417,13 +502,14 @@ def test_a_baseline_is_offered_zero_removal_only(dashboard):
 def test_compare_takes_its_runs_from_the_query_string_on_shared_axes(dashboard):
     at = dashboard("compare", compare=[BASELINE, FULL])
     assert at.multiselect(key="compare").value == [BASELINE, FULL]
-    loss, output, layer_grad, dilution, heatmap, grad, entropy = charts(at)
-    assert {t["name"].split(" (")[0] for t in output["data"]} == {
+    loss, output, layer_grad, dilution, relative, grad, entropy, heatmap = charts(at)
+    assert loss["layout"]["showlegend"] and not dilution["layout"]["showlegend"]
+    assert {t["name"].split(" · ")[0] for t in output["data"]} == {
         html.escape(BASELINE),
         html.escape(FULL),
     }
     assert layer_grad["layout"]["yaxis"]["type"] == "log"
-    names = {t["name"].split(" (")[0] for t in dilution["data"]}
+    names = {t["name"] for t in dilution["data"]}
     assert names == {html.escape(BASELINE), html.escape(FULL)}
     assert "no depth weights" in heatmap["layout"]["title"]["text"]
     at.multiselect(key="compare").unselect(FULL).run()
@@ -446,7 +532,9 @@ def test_a_live_run_shows_new_flushes_and_its_end_on_the_next_refresh(dashboard,
     at.sidebar.selectbox(key="refresh").select("off").run()
     assert any("live, refresh off" in plain(c) for c in texts(at, "caption"))
     at.sidebar.selectbox(key="refresh").select("2 s").run()
+    at.segmented_control(key="window").set_value("one step").run()
     assert at.slider(key="step").max == 7
+    assert any("8 recorded steps" in plain(c) for c in texts(at, "caption"))
     writer = next(w for w in _live_writers if Path(w.path) == root / LIVE)
     rng = np.random.default_rng(0)
     for i in range(8, 12):
@@ -455,6 +543,7 @@ def test_a_live_run_shows_new_flushes_and_its_end_on_the_next_refresh(dashboard,
     at.run()
     assert at.slider(key="step").max == 11
     assert at.slider(key="step").value == 11  # an untouched slider follows the run
+    assert any("12 recorded steps" in plain(c) for c in texts(at, "caption"))  # and its caption
     writer.close()
     at.switch_page("views/runs.py").run()
     table = at.dataframe[0].value.set_index("run")

@@ -26,6 +26,7 @@ from test_app_runs import (
     trained_run,
 )
 
+from attnres_probe.app.browser import screenshot_whole_page, settle
 from attnres_probe.app.server import DashboardServer
 from attnres_probe.store.synthetic import step_values
 
@@ -45,12 +46,32 @@ CHROMIUM_ARGS = [
 # (url path, page title, query, figures expected)
 PAGES = [
     ("", "Runs", {}, 1),
+    ("runs", "Runs", {}, 1),
     ("dilution", "Dilution", {"run": BASELINE}, 4),
-    ("depth-attention", "Depth attention", {"run": TRAINED, "step": "2"}, 2),
+    ("depth-attention", "Depth attention", {"run": TRAINED, "step": "2"}, 3),  # + per token
     ("gradients", "Gradients", {"run": FULL}, 5),
+    ("training", "Training", {"compare": [BASELINE, FULL]}, 3),
     ("pruning", "Pruning", {"run": TRAINED}, 0),
-    ("compare", "Compare", {"compare": [BASELINE, FULL]}, 7),
+    ("compare", "Compare", {"compare": [BASELINE, FULL]}, 8),
 ]
+SAMPLE_RUNS = REPO / "sample_runs"
+SAMPLES = sorted(p.name for p in SAMPLE_RUNS.iterdir() if (p / "recording.zarr").is_dir())
+
+
+def sample_pages(run: str, compared: list[str]) -> list[tuple[str, str, dict, None]]:
+    """Every page over sample runs: ``run`` on the one-run pages, ``compared`` on the others.
+    How many figures a page draws depends on what the sample runs recorded: every one drawn."""
+    joined = ",".join(compared)  # the comma form of ?compare=
+    return [
+        ("", "Runs", {}, None),
+        ("dilution", "Dilution", {"run": run}, None),
+        ("depth-attention", "Depth attention", {"run": run}, None),
+        ("gradients", "Gradients", {"run": run}, None),
+        ("training", "Training", {"compare": joined}, None),
+        ("pruning", "Pruning", {"run": run}, None),
+        ("compare", "Compare", {"compare": joined}, None),
+    ]
+
 
 # How many plotly figures have been drawn (each draws several .main-svg layers).
 DRAWN_FIGURES = """n => [...document.querySelectorAll('[data-testid="stPlotlyChart"]')]
@@ -65,6 +86,8 @@ pytestmark = [
 ]
 
 
+EVERY_FIGURE_DRAWN = """() => [...document.querySelectorAll('[data-testid="stPlotlyChart"]')]
+    .every(el => el.querySelector('.main-svg'))"""
 SLIDER = "[data-testid='stSlider'] input[type='range']"
 SLIDER_MAX_ABOVE = f"""v => Number(document.querySelector("{SLIDER}").max) > v"""
 
@@ -101,15 +124,6 @@ def query_string(query: dict) -> str:
     return "?" + "&".join(parts) if parts else ""
 
 
-def settle(page) -> None:
-    """Wait until Streamlit has finished running the script and drawing."""
-    page.wait_for_selector("h1", timeout=30_000)
-    page.wait_for_timeout(300)
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=30_000
-    )
-
-
 def test_every_page_renders_in_a_real_browser_without_an_exception(server):
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
@@ -120,17 +134,7 @@ def test_every_page_renders_in_a_real_browser_without_an_exception(server):
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1900})
-            for path, title, query, n_figures in PAGES:
-                page.goto(f"{url}/{path}{query_string(query)}")
-                settle(page)
-                assert page.locator("h1").first.inner_text() == title
-                if n_figures:
-                    page.wait_for_function(DRAWN_FIGURES, arg=n_figures, timeout=30_000)
-                charts = page.locator("[data-testid='stPlotlyChart']").count()
-                assert charts == n_figures, f"{title}: {charts} figures"
-                errors = page.locator("[data-testid='stException']").all_inner_texts()
-                assert not errors, f"{title}: {errors}\n{log.read_text()}"
-                page.screenshot(path=str(ARTIFACTS / f"dashboard-{path or 'runs'}.png"))
+            visit(page, url, PAGES, "dashboard", log)
 
             # A run named with HTML is text: no <img> element appears, the name is shown as is.
             page.goto(f"{url}/dilution{query_string({'run': HTML_NAME})}")
@@ -151,7 +155,7 @@ def test_every_page_renders_in_a_real_browser_without_an_exception(server):
             assert page.get_by_role("combobox", name="Run").input_value() == LIVE
 
             # A live run refreshes by itself: new flushes reach the page without a reload.
-            page.goto(f"{url}/dilution{query_string({'run': LIVE})}")
+            page.goto(f"{url}/dilution{query_string({'run': LIVE, 'window': 'one step'})}")
             settle(page)
             page.get_by_role("combobox", name="Live refresh").click()
             page.get_by_role("option", name="2 s", exact=True).click()
@@ -170,3 +174,51 @@ def test_every_page_renders_in_a_real_browser_without_an_exception(server):
         finally:
             browser.close()
     assert html.escape(HTML_NAME) != HTML_NAME  # the test name really contains markup
+
+
+def visit(page, url: str, pages, prefix: str, log: Path) -> None:
+    """Open every page, wait for its figures, check none raised, keep a full-page screenshot."""
+    for path, title, query, n_figures in pages:
+        page.goto(f"{url}/{path}{query_string(query)}")
+        settle(page)
+        assert page.locator("h1").first.inner_text() == title
+        if n_figures is None:  # every figure the page has, however many (or none)
+            page.wait_for_function(EVERY_FIGURE_DRAWN, timeout=60_000)
+        elif n_figures:
+            page.wait_for_function(DRAWN_FIGURES, arg=n_figures, timeout=60_000)
+        charts = page.locator("[data-testid='stPlotlyChart']").count()
+        errors = page.locator("[data-testid='stException']").all_inner_texts()
+        assert not errors, f"{title}: {errors}\n{log.read_text()}"
+        if n_figures is not None:
+            assert charts == n_figures, f"{prefix} {title}: {charts} figures"
+        page.wait_for_timeout(500)  # plotly's layout transitions
+        screenshot_whole_page(page, ARTIFACTS / f"{prefix}-{path or 'runs'}.png")
+
+
+@pytest.mark.skipif(not SAMPLES, reason="no sample_runs/ in this checkout")
+@pytest.mark.parametrize("case", ["two", "seven"])
+def test_every_page_over_two_and_over_the_seven_sample_runs(case, tmp_path):
+    """Screenshots of every page over two sample runs and over all seven land in
+    test-artifacts/ (samples-two-*.png, samples-seven-*.png) for people to look at."""
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
+    )
+    if case == "two":
+        root = tmp_path / "two"
+        chosen = ["baseline-s0", "block-s0"]
+        for name in chosen:
+            shutil.copytree(SAMPLE_RUNS / name, root / name)
+        pages = sample_pages("block-s0", chosen)
+    else:
+        root, pages = SAMPLE_RUNS, sample_pages("block-s1", SAMPLES)
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = tmp_path / "dashboard.log"
+    with DashboardServer(root, log=log) as dashboard:
+        dashboard.wait_ready(timeout_s=60.0)
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                visit(page, dashboard.url, pages, f"samples-{case}", log)
+            finally:
+                browser.close()

@@ -57,4 +57,4 @@ def test_the_runs_page_lists_fifty_runs_without_an_error(fifty_runs, monkeypatch
     assert "first 12 of 50 runs" in " ".join(c.value for c in at.caption)
     at.switch_page("views/compare.py").run()
     assert not shown_problems(at), shown_problems(at)
-    assert len(at.get("plotly_chart")) == 7
+    assert len(at.get("plotly_chart")) == 8

@@ -105,6 +105,7 @@ def test_report_says_why_a_figure_cannot_be_drawn():
         "depth-entropy",
         "mass-received",
         "pruning",
+        "prune-path",
     }
     assert 'id="figure-dilution"' in page
 

@@ -137,6 +137,9 @@ class Dashboard:
         self.run(f"select {name}", picker.select(name).run)
         for page in self.pages:
             self.run(f"{page} {name}", self.at.switch_page(f"views/{page}.py").run)
+            window = next((c for c in self.at.segmented_control if c.key == "window"), None)
+            if page != "compare" and window is not None:  # one step: the slider's end counts
+                self.run(f"{page} {name} one step", window.set_value("one step").run)
             if page != "compare" and self.at.slider:
                 slider = next((s for s in self.at.slider if s.key == "step"), None)
                 if slider is not None:

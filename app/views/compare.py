@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import numpy as np
 import streamlit as st
 
 from attnres_probe import figures
-from attnres_probe.app import confine, ui
-from attnres_probe.app.text import describe_error, literal
+from attnres_probe.app import ui
 
 ui.header("Compare")
 rows = [r for r in ui.current_rows() if r.readable]
 root = ui.root()
+
+
+def no_legend(fig):
+    """The figure without its legend: the page's first figure names the runs for all."""
+    return fig.update_layout(showlegend=False)
+
 
 if root.path is None:
     pass  # the header said why there is nothing to compare
@@ -28,43 +34,42 @@ else:
         base = next(r.name for r in rows if r.residual == "baseline")
         other = next(r.name for r in rows if r.residual != "baseline")
         default = [base, other]
-    chosen = st.multiselect("Runs", names, default=default, key=ui.COMPARE_KEY, bind="query-params")
+    chosen = ui.compare_picker(names, default)
     if len(chosen) < 2:
         st.info("Pick at least two runs to compare.")
     else:
         by_name = {r.name: r for r in rows}
         st.caption(
-            "Profiles are averaged over the last 10 % of each run's recorded steps; each run "
-            "keeps its colour in every figure. Per-layer output and gradient magnitude (top) "
-            "draw runs that differ only in seed as their mean with a band over the seeds."
+            "Each run keeps its colour on every page: its kind's hue, its seed's shade; runs "
+            "that differ only in seed are their mean with a band over the seeds. The legend of "
+            "the first figure names them for every figure on the page."
         )
 
         def body() -> None:
-            runs, tails = {}, {}
-            for name in chosen:
-                try:
-                    ds = ui.load(confine.resolve_run(root.path, name))
-                except Exception as err:  # noqa: BLE001 - one bad run must not hide the others
-                    st.warning(literal(f"{name}: {describe_error(err)}"))
-                    continue
-                if ds.sizes.get("step", 0):
-                    runs[name] = ds
-                    tails[name] = ui.view(ds)
+            runs = ui.load_many(chosen)
             if len(runs) < 2:
                 st.info("Fewer than two of the chosen runs have recorded steps yet.")
                 return
-            ui.chart(lambda: figures.loss(runs), key="cmp_loss")
+            seeds = ui.seeds_picker(runs)
+            steps = np.unique(np.concatenate([ds["step"].values for ds in runs.values()]))
+            step = ui.step_picker(steps)
+            shown = {n: ui.view(ds, step) for n, ds in runs.items()}
+            kw = {"step": step, "fraction": 1.0, "seeds": seeds}
+            ui.chart(lambda: figures.loss(runs, seeds=seeds), "cmp_loss")
             left, right = st.columns(2)
             with left:
-                ui.chart(lambda: figures.layer_output(tails, fraction=1.0), key="cmp_output")
+                # These two keep their legends: they give each line's growth exponent and
+                # early-layer excess.
+                ui.chart(lambda: figures.layer_output(shown, **kw), "cmp_output", True)
             with right:
-                ui.chart(lambda: figures.layer_grad(tails, fraction=1.0), key="cmp_layer_grad")
+                ui.chart(lambda: figures.layer_grad(shown, **kw), "cmp_layer_grad", True)
             left, right = st.columns(2)
             with left:
-                ui.chart(lambda: figures.dilution(tails, fraction=1.0), key="cmp_dilution")
-                ui.chart(lambda: figures.depth_heatmap(tails, fraction=1.0), key="cmp_heatmap")
+                ui.chart(lambda: no_legend(figures.dilution(shown, **kw)), "cmp_dilution", True)
+                ui.chart(lambda: no_legend(figures.relative_update(shown, **kw)), "cmp_rel", True)
             with right:
-                ui.chart(lambda: figures.grad_depth(tails, fraction=1.0), key="cmp_grad")
-                ui.chart(lambda: figures.depth_entropy(tails, fraction=1.0), key="cmp_entropy")
+                ui.chart(lambda: no_legend(figures.grad_depth(shown, **kw)), "cmp_grad", True)
+                ui.chart(lambda: no_legend(figures.depth_entropy(shown, **kw)), "cmp_entropy", True)
+            ui.chart(lambda: figures.depth_heatmap(shown, **kw), "cmp_heatmap")
 
         ui.live(body, is_live=any(by_name[n].status == "live" for n in chosen))

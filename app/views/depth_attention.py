@@ -26,35 +26,31 @@ if picked is not None:
             "Each row is a reader (a sublayer, last row the model output); each column a source "
             "it can attend over. Blank cells are sources that do not exist yet at that depth."
         )
-        layout = (
-            st.segmented_control(
-                "Layout",
-                ["interleaved", "by-kind"],
-                default="interleaved",
-                format_func=lambda v: {
-                    "interleaved": "one row per sublayer",
-                    "by-kind": "Pre-Attn and Pre-MLP panels",
-                }[v],
-                key="layout",
-                bind="query-params",
-            )
-            or "interleaved"
+        # The labels are the URL's values too (?layout=…): Streamlit writes labels there.
+        layouts = {"one row per sublayer": "interleaved", "Pre-Attn and Pre-MLP panels": "by-kind"}
+        shown_as = st.segmented_control(
+            "Layout",
+            list(layouts),
+            default="one row per sublayer",
+            key="layout",
+            bind="query-params",
         )
+        layout = layouts.get(shown_as or "", "interleaved")
 
         def body() -> None:
             ds = ui.load(path)
             if ds.sizes.get("step", 0) == 0:
                 st.info("This run has no recorded steps yet.")
                 return
-            step = ui.step_picker(ds)
+            step = ui.step_picker(ds["step"].values)
             runs = {row.name: ui.view(ds, step)}
             ui.chart(
                 lambda: figures.depth_heatmap(runs, step=step, fraction=1.0, layout=layout),
-                key="heatmap",
+                "heatmap",
             )
-            ui.chart(lambda: figures.depth_entropy(runs, step=step, fraction=1.0), key="entropy")
+            ui.chart(lambda: figures.depth_entropy(runs, step=step, fraction=1.0), "entropy", True)
 
-        ui.live(body, is_live=row.status == "live", path=path)
+        ui.live(body, is_live=row.status == "live", path=path, row=row)
 
         st.subheader("Per token")
         if not ui.has_checkpoint(path):

@@ -27,10 +27,13 @@ if picked is not None:
         "PreNorm adds every update into one stream, so its RMS grows with depth and each "
         "sublayer's relative contribution shrinks; AttnRes keeps the stream a weighted average."
     )
-    over_training = st.checkbox(
-        f"Overlay {OVERLAY_STEPS} steps across training", key="over_training", bind="query-params"
+    left, right = st.columns(2)
+    over_training = left.toggle(
+        f"Overlay {OVERLAY_STEPS} steps across training (early light, late dark)",
+        key="over_training",
+        bind="query-params",
     )
-    log_y = st.checkbox("Log scale", key="log_y", bind="query-params")
+    log_y = right.toggle("Log scale", key="log_y", bind="query-params")
 
     def body() -> None:
         ds = ui.load(path)
@@ -40,18 +43,22 @@ if picked is not None:
         if over_training:
             steps = evenly_spaced_steps(ds["step"].values, OVERLAY_STEPS)
             runs = {row.name: ui.view(ds, steps=steps)}
-            ui.chart(lambda: figures.dilution(runs, steps=steps, log_y=log_y), key="dilution")
-            ui.chart(lambda: figures.relative_update(runs, steps=steps), key="relative_update")
+            ui.chart(lambda: figures.dilution(runs, steps=steps, log_y=log_y), "dilution", True)
+            ui.chart(lambda: figures.relative_update(runs, steps=steps), "relative_update", True)
             return
-        step = ui.step_picker(ds)
+        step = ui.step_picker(ds["step"].values)
         runs = {row.name: ui.view(ds, step)}
         ui.chart(
-            lambda: figures.dilution(runs, step=step, fraction=1.0, log_y=log_y), key="dilution"
+            lambda: figures.dilution(runs, step=step, fraction=1.0, log_y=log_y), "dilution", True
         )
         ui.chart(
-            lambda: figures.relative_update(runs, step=step, fraction=1.0), key="relative_update"
+            lambda: figures.relative_update(runs, step=step, fraction=1.0), "relative_update", True
         )
-        ui.chart(lambda: figures.layer_output(runs, step=step, fraction=1.0), key="layer_output")
-        ui.chart(lambda: figures.growth_over_training({row.name: ds}), key="growth_over_training")
+        ui.chart(lambda: figures.layer_output(runs, step=step, fraction=1.0), "layer_output", True)
+        ui.chart(
+            lambda: figures.growth_over_training({row.name: ds}, window=ui.training_window(ds)),
+            "growth_over_training",
+            True,
+        )
 
-    ui.live(body, is_live=row.status == "live", path=path)
+    ui.live(body, is_live=row.status == "live", path=path, row=row)

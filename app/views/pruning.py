@@ -98,12 +98,28 @@ if picked is not None:
         + ("" if row.residual != "baseline" else " — a baseline has no depth softmax, so only zero")
     )
     ds = ui.load(path)
+    st.caption(literal(ui.describe_row(row)))
     stored_table(ds, granularity)
     drawn = ui.chart(
         lambda: figures.pruning({row.name: ds}, granularity=granularity, removal=removal),
-        key="pruning",
+        "pruning",
     )
-    if not drawn:
+    if drawn is not None:
+        results = pruning_analysis.compare_with_proxies(
+            ds, granularity, removal=removal
+        ).to_dataframe()
+        with st.expander("Numbers (table, CSV)"):
+            st.dataframe(results, key="pruning_table")
+            st.download_button(
+                "Download CSV",
+                results.to_csv().encode("utf-8"),
+                file_name=f"pruning-by-{granularity}-{removal}.csv",
+                mime="text/csv",
+                key="pruning_csv",
+            )
+        if granularity == "layer" and "prune_path_loss" in ds.data_vars:
+            ui.chart(lambda: figures.prune_path({row.name: ds}), "prune_path", True)
+    else:
         if ui.has_checkpoint(path):
             st.markdown(
                 "Measure it now: the checkpoint is run on held-out batches with each "

@@ -67,13 +67,11 @@ def body() -> None:
     if len(shown) > MAX_LOSS_RUNS:
         st.caption(f"training loss of the first {MAX_LOSS_RUNS} of {len(shown)} runs")
 
-    def make():
-        runs = {
-            lab: ui.load(confine.resolve_run(root.path, row.name)) for lab, row in picked.items()
-        }
-        return figures.loss(runs)
-
-    ui.chart(make, key="loss")
+    runs = ui.load_many(list(picked))
+    if not runs:
+        return
+    seeds = ui.seeds_picker(runs)
+    ui.chart(lambda: figures.loss(runs, seeds=seeds), "loss")
 
 
 def details(name: str) -> None:

@@ -96,21 +96,34 @@ def tail(obj: xr.DataArray | xr.Dataset, fraction: float = DEFAULT_FRACTION):
     return obj.isel(step=slice(n - keep, n))
 
 
+def nearest_step(steps, step: int) -> int:
+    """The recorded step in ``steps`` (increasing) nearest ``step``; the later one on a tie."""
+    steps = np.asarray(steps)
+    i = int(np.searchsorted(steps, step))
+    if i == steps.size or (i > 0 and step - steps[i - 1] < steps[i] - step):
+        i -= 1
+    return int(steps[i])
+
+
 def snapshot(
     da: xr.DataArray, step: int | None = None, fraction: float = DEFAULT_FRACTION
 ) -> xr.DataArray:
     """``da`` without its step dim: at the recorded step nearest ``step``, or the tail mean.
 
     The tail mean skips NaN (steps where the variable was not recorded), so a source that does
-    not exist stays NaN. The result's attrs say which steps it covers (``steps``).
+    not exist stays NaN. The result's attrs say which steps it covers (``steps``), and that the
+    step asked for was not recorded when it was not.
     """
     if "step" not in da.dims:
         return da
     if da.sizes["step"] == 0:
         raise AnalysisError(f"{da.name!r} has no recorded steps yet")
     if step is not None:
-        out = da.sel(step=step, method="nearest")
-        label = f"step {int(out['step'])}"
+        shown = nearest_step(da["step"].values, step)
+        out = da.sel(step=shown)
+        label = f"step {shown}"
+        if shown != step:
+            label += f" (step {step} was not recorded; the nearest recorded one)"
         out = out.drop_vars("step")
     else:
         window = tail(da, fraction)

@@ -145,10 +145,10 @@ class DemoResult:
     summaries: dict[str, dict[str, Any]]
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds
 
-    @property
-    def dashboard_command(self) -> str:
-        """The command that opens the dashboard on the demo's runs."""
-        return f"attnres-probe dashboard {shlex.quote(str(self.report.parent))}"
+    def dashboard_command(self, program: str = "attnres-probe") -> str:
+        """The command that opens the dashboard on the demo's runs (``program``: the command
+        line as the user runs it)."""
+        return f"{program} dashboard {shlex.quote(str(self.report.parent))}"
 
 
 def train_kinds(

@@ -42,6 +42,12 @@ DESCRIPTIONS = {
     "pruning": "Held-out loss increase when each layer is removed, against the cheap proxies "
     "recorded in training.",
     "loss": "Training loss of every recorded step.",
+    "grad-map": "Gradient norm of every sublayer (rows) at every recorded step (columns), one log "
+    "colour scale for all runs.",
+    "update-map": "Relative update of every sublayer (rows) at every recorded step (columns), one "
+    "log colour scale for all runs.",
+    "prune-path": "Held-out loss when the cheapest layers, ranked by their single-layer cost, are "
+    "removed together, relative to the intact model; the dotted line is the 1 % bound.",
 }
 
 

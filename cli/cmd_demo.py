@@ -105,14 +105,14 @@ def demo(
     }
     given = {k: v for k, v in given.items() if v is not None}
     with usage_errors():  # every option first: exit 2, nothing read or made
-        cfg = DemoConfig.quick(**given) if quick else DemoConfig(**given)
+        cfg = DemoConfig.from_options(quick, **given)
         cfg.check()
     writable_folder(out)
     with library_errors():  # a missing, empty, unreadable or short corpus fails before any work
         if data is None:
             err_console.print("[dim]loading the corpus…[/]", highlight=False)
-        corpus = ByteCorpus.load(cfg.data)
-        corpus.check_fits(cfg.seq_len)
+        corpus = ByteCorpus.load(cfg.train.data)
+        corpus.check_fits(cfg.train.seq_len)
     with library_errors():
         threads = cfg.pick_threads()
         cfg = replace(cfg, threads=threads.n)  # picked once: what is printed is what runs

@@ -16,9 +16,9 @@ this is the same as
 
 with one torch thread per run (``--threads 1``, also the default for this model size) so
 ``--jobs`` runs share the cores evenly. To keep the folder small, only the seed-0 run of each
-kind keeps its weights (float32, exactly what its pruning used); the other seeds keep their
-recording with every pruning result in it. Timings, the machine and every setting go to
-``OUT/manifest.json``; ``OUT/README.md`` is written from it.
+kind keeps its weights, stored in bfloat16 after pruning (which used the float32 weights); the
+other seeds keep their recording with every pruning result in it. Timings, the machine and
+every setting go to ``OUT/manifest.json``; ``OUT/README.md`` is written from it.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ TRAIN = {"steps": 1000, "batch_size": 8, "seq_len": 64, "lr": 3e-3, "record_ever
 PRUNE_BATCHES = 32
 SUBLAYER_SEEDS = (0,)  # seeds pruned sublayer by sublayer too
 WEIGHT_SEEDS = (0,)  # seeds whose checkpoint is kept (the others: recording only)
+WEIGHT_DTYPE = "bfloat16"  # the kept weights, stored after pruning (which used float32)
 THREADS = 1  # torch threads per run: --jobs runs share the cores
 RUNS = [("baseline", s) for s in (0, 1, 2)] + [("full", 0)] + [("block", s) for s in (0, 1, 2)]
 # Relative cost of one run (training and pruning), to start the longest first.
@@ -88,6 +89,21 @@ def prune_plan(kind: str, seed: int) -> list[tuple[str, str]]:
     return [p for p in plan if p != first] + [first]
 
 
+def store_checkpoint_as(run_dir: Path, dtype: str) -> None:
+    """Rewrite the run's checkpoint with its floating-point weights in ``dtype`` (same
+    recording, a new checksum)."""
+    import torch
+
+    from attnres_probe.checkpoint import RECORDING_ID, load_checkpoint, save_checkpoint
+
+    state, config = load_checkpoint(run_dir)
+    cast = {
+        k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v for k, v in state.items()
+    }
+    extra = {**config.get("extra", {}), "checkpoint_dtype": dtype}
+    save_checkpoint(run_dir, cast, config["model"], extra, config.get(RECORDING_ID))
+
+
 def drop_checkpoint(run_dir: Path) -> None:
     """Remove the run's weights and their configuration (its recording stays whole)."""
     from attnres_probe.checkpoint import CHECKPOINT_FILE, CONFIG_FILE
@@ -122,7 +138,9 @@ def make_run(kind: str, seed: int, out: str, steps: int) -> Made:
             last = prune_run(run_dir, g, batches=PRUNE_BATCHES, removal=r)
         prune_path(run_dir)
         prune_s = time.perf_counter() - start
-    if seed not in WEIGHT_SEEDS:
+    if seed in WEIGHT_SEEDS:
+        store_checkpoint_as(run_dir, WEIGHT_DTYPE)
+    else:
         drop_checkpoint(run_dir)
     return Made(
         name=run_name(kind, seed),
@@ -182,9 +200,10 @@ corpus (the Python standard library's `.py` sources, read at run time), {t["step
 steps of {t["batch_size"]} × {t["seq_len"]} bytes, peak lr {t["lr"]:g} (warm-up, cosine decay),
 recorded every {t["record_every"]} steps. Each run directory holds the recording
 (`recording.zarr`, with every pruning result); the seed-{seeds} runs also hold their final
-weights (`checkpoint.safetensors`, float32, the weights pruning used, with `config.json`),
-which `attnres-probe prune` and the dashboard's per-token view need. The other seeds' weights
-are not kept, to keep the folder small.
+weights (`checkpoint.safetensors` with `config.json`), which `attnres-probe prune` and the
+dashboard's per-token view need, stored in {manifest.get("checkpoint_dtype", "float32")}
+after pruning (which used the float32 weights: pruning them again gives slightly different
+losses). The other seeds' weights are not kept, to keep the folder small.
 
 ## How they were made
 
@@ -263,6 +282,7 @@ def main() -> None:
         "train": TRAIN,
         "prune_batches": PRUNE_BATCHES,
         "weights_kept_for_seeds": list(WEIGHT_SEEDS),
+        "checkpoint_dtype": WEIGHT_DTYPE,
         "jobs": args.jobs,
         "wall_s": round(wall if not args.only else old.get("wall_s", wall), 1),
         "machine": machine(),

@@ -55,24 +55,17 @@ def test_help_shows_no_types_on_flags_and_keeps_every_choice_whole_at_80_columns
 
 def test_train_defaults_are_the_demos_model_and_recipe():
     from attnres_probe.cli.cmd_train import train
-    from attnres_probe.tools.demo import DemoConfig
+    from attnres_probe.tools.demo import OPTIONS, DemoConfig
 
     defaults = {
         name: p.default.default if hasattr(p.default, "default") else p.default
         for name, p in inspect.signature(train).parameters.items()
     }
     demo = DemoConfig()
-    for option, field in (
-        ("layers", "layers"),
-        ("d_model", "d_model"),
-        ("n_heads", "n_heads"),
-        ("n_blocks", "n_blocks"),
-        ("steps", "steps"),
-        ("batch_size", "batch_size"),
-        ("seq_len", "seq_len"),
-        ("lr", "lr"),
-    ):
-        assert defaults[option] == getattr(demo, field), option
+    for option in ("layers", "d_model", "n_heads", "n_blocks", "steps", "batch_size", "seq_len"):
+        part, field = OPTIONS[option]
+        assert defaults[option] == getattr(getattr(demo, part), field), option
+    assert defaults["lr"] == demo.train.lr
     readme = (REPO / "README.md").read_text()
     example = next(line for line in readme.splitlines() if line.startswith("attnres-probe train"))
     assert "--layers" not in example and "--steps" not in example  # the example is the defaults

@@ -29,24 +29,36 @@ class DemoError(ValueError):
     """The demo cannot run as asked; the message names the setting and the fix."""
 
 
+# The demo's model and training recipe (each kind takes the model with its own residual); the
+# train command's defaults are these too.
+DEMO_MODEL = ModelConfig(n_layers=16, d_model=64, n_heads=4, n_blocks=8, max_seq_len=64)
+DEMO_TRAIN = TrainConfig(steps=300, batch_size=8, seq_len=64, lr=3e-3, record_every=5)
+# Option name -> (the config it belongs to, its field there).
+OPTIONS = {
+    "layers": ("model", "n_layers"),
+    "d_model": ("model", "d_model"),
+    "n_heads": ("model", "n_heads"),
+    "n_blocks": ("model", "n_blocks"),
+    "steps": ("train", "steps"),
+    "batch_size": ("train", "batch_size"),
+    "seq_len": ("train", "seq_len"),
+    "lr": ("train", "lr"),
+    "seed": ("train", "seed"),
+    "record_every": ("train", "record_every"),
+    "data": ("train", "data"),
+}
+
+
 @dataclass(frozen=True)
 class DemoConfig:
-    """What the demo trains. Every kind gets the same size, data, steps and seed."""
+    """What the demo trains: ``model`` (its residual is each kind's in turn) and ``train`` are
+    the same for every kind; the held-out evaluation uses ``prune_batches`` batches."""
 
     out: str = "runs/demo"
     kinds: tuple[str, ...] = ("baseline", "block")
-    layers: int = 16
-    d_model: int = 64
-    n_heads: int = 4
-    n_blocks: int = 8
-    steps: int = 300
-    batch_size: int = 8
-    seq_len: int = 64
-    lr: float = 3e-3
-    seed: int = 0
-    record_every: int = 5
+    model: ModelConfig = DEMO_MODEL
+    train: TrainConfig = DEMO_TRAIN
     prune_batches: int = 8
-    data: str | None = None
     threads: int | None = None  # torch threads; None picks (footprint.default_threads)
 
     def __post_init__(self) -> None:
@@ -59,19 +71,37 @@ class DemoConfig:
                 )
         if len(set(self.kinds)) != len(self.kinds):
             raise DemoError(f"kinds={','.join(self.kinds)} names a kind twice; name each once")
-        for name in ("layers", "d_model", "steps", "batch_size", "seq_len", "prune_batches"):
-            if getattr(self, name) < 1:
-                raise DemoError(f"{name}={getattr(self, name)} must be a positive integer")
+        if self.prune_batches < 1:
+            raise DemoError(f"prune_batches={self.prune_batches} must be a positive integer")
         for kind in self.kinds:
             self.model_config(kind)  # raises ConfigError naming the field and the fix
-        self.train_config()  # lr, seed, …: ValueError naming the field and the fix
         check_threads(self.threads)
+
+    @classmethod
+    def from_options(cls, quick: bool = False, **options: Any) -> DemoConfig:
+        """A config from the command line's flat option names (``layers``, ``steps``, …; see
+        ``OPTIONS``) over the defaults, or over :meth:`quick`'s; each is checked by the config
+        it belongs to (ConfigError / ValueError naming it)."""
+        base = cls.quick() if quick else cls()
+        parts: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
+        own = {}
+        for name, value in options.items():
+            if name in OPTIONS:
+                part, field_name = OPTIONS[name]
+                parts[part][field_name] = value
+            else:
+                own[name] = value
+        model = replace(base.model, **parts["model"])
+        seq_len = parts["train"].get("seq_len", base.train.seq_len)
+        model = replace(model, max_seq_len=max(seq_len, model.max_seq_len))
+        return replace(base, model=model, train=replace(base.train, **parts["train"]), **own)
 
     def pick_threads(self) -> Threads:
         """The torch threads the demo runs with: ``threads``, or picked for its model size."""
         if self.threads is not None:
             return Threads(self.threads, "--threads")
-        return default_threads(self.model_config(self.kinds[0]), self.batch_size, self.seq_len)
+        train = self.train_config()
+        return default_threads(self.model_config(self.kinds[0]), train.batch_size, train.seq_len)
 
     def check(self, device: str = "cpu") -> None:
         """Every size checked before any work: each kind's training fits the memory available
@@ -80,47 +110,19 @@ class DemoConfig:
             check_training(self.model_config(kind), self.train_config(), device)
 
     @classmethod
-    def quick(cls, **overrides: Any) -> DemoConfig:
+    def quick(cls) -> DemoConfig:
         """A sub-minute smoke version: tiny models, a few dozen steps."""
-        small = {
-            "layers": 4,
-            "d_model": 32,
-            "n_heads": 2,
-            "n_blocks": 4,
-            "steps": 30,
-            "batch_size": 4,
-            "seq_len": 32,
-            "record_every": 2,
-            "prune_batches": 2,
-        }
-        return cls(**{**small, **overrides})
-
-    def with_(self, **changes: Any) -> DemoConfig:
-        return replace(self, **changes)
+        model = replace(DEMO_MODEL, n_layers=4, d_model=32, n_heads=2, n_blocks=4)
+        train = replace(DEMO_TRAIN, steps=30, batch_size=4, seq_len=32, record_every=2)
+        return cls(model=model, train=train, prune_batches=2)
 
     def model_config(self, kind: str) -> ModelConfig:
         """The model every kind shares, with ``kind``'s residual."""
-        return ModelConfig(
-            residual=kind,
-            n_layers=self.layers,
-            d_model=self.d_model,
-            n_heads=self.n_heads,
-            n_blocks=self.n_blocks,
-            max_seq_len=max(self.seq_len, 64),
-        )
+        return replace(self.model, residual=kind)
 
     def train_config(self) -> TrainConfig:
-        """The training every kind shares (recorded every ``record_every`` steps)."""
-        return TrainConfig(
-            steps=self.steps,
-            batch_size=self.batch_size,
-            seq_len=self.seq_len,
-            lr=self.lr,
-            seed=self.seed,
-            data=self.data,
-            record_every=self.record_every,
-            eval_batches=self.prune_batches,
-        )
+        """The training every kind shares, evaluated on ``prune_batches`` held-out batches."""
+        return replace(self.train, eval_batches=self.prune_batches)
 
 
 class DemoProgress:
@@ -161,7 +163,7 @@ def train_kinds(
         run_dir = Path(cfg.out) / kind
 
         def on_step(step: int, loss: float, tps: float, kind: str = kind) -> None:
-            progress.train_step(kind, step + 1, cfg.steps, loss, tps)
+            progress.train_step(kind, step + 1, cfg.train.steps, loss, tps)
 
         train(
             cfg.model_config(kind),
@@ -178,14 +180,16 @@ def train_kinds(
 
 def prune_kinds(cfg: DemoConfig, runs: dict[str, Path], progress: DemoProgress) -> None:
     """Single-layer pruning sensitivity and the greedy pruning path of every run, stored."""
-    total = 2 * cfg.layers + 1  # intact model, each layer alone, then the greedy path
+    total = 2 * cfg.model.n_layers + 1  # intact model, each layer alone, the greedy path
     for kind, run_dir in runs.items():
 
         def single(done: int, _total: int, unit: str, kind: str = kind) -> None:
             progress.prune_unit(kind, done, total, unit)
 
         def together(done: int, _total: int, unit: str, kind: str = kind) -> None:
-            progress.prune_unit(kind, cfg.layers + 1 + done, total, f"first {done} together")
+            progress.prune_unit(
+                kind, cfg.model.n_layers + 1 + done, total, f"first {done} together"
+            )
 
         prune_run(run_dir, "layer", batches=cfg.prune_batches, progress=single)
         prune_path(run_dir, progress=together)
@@ -195,7 +199,7 @@ def run_demo(
     cfg: DemoConfig | None = None, progress: DemoProgress | None = None, corpus=None
 ) -> DemoResult:
     """Train, prune and report as ``cfg`` says; returns the runs, the report and headlines.
-    ``corpus``: the ByteCorpus of ``cfg.data`` when the caller has loaded it already."""
+    ``corpus``: the ByteCorpus of ``cfg.train.data`` when the caller has loaded it already."""
     cfg = cfg or DemoConfig()
     progress = progress or DemoProgress()
     out = Path(cfg.out)
@@ -205,8 +209,8 @@ def run_demo(
 
     if corpus is None:
         progress.stage("loading the corpus")
-        corpus = ByteCorpus.load(cfg.data)
-    corpus.check_fits(cfg.seq_len)
+        corpus = ByteCorpus.load(cfg.train.data)
+    corpus.check_fits(cfg.train.seq_len)
     seconds["corpus"] = time.perf_counter() - start
 
     threads = cfg.pick_threads().n
@@ -225,9 +229,10 @@ def run_demo(
     progress.stage("writing the report")
     datasets, summaries = summarise_runs(runs)
     kinds = " vs ".join(cfg.kinds)
+    m, t = cfg.model, cfg.train
     subtitle = (
-        f"{cfg.layers} layers, d_model {cfg.d_model}, {cfg.steps} steps of "
-        f"{cfg.batch_size}×{cfg.seq_len} bytes from {corpus.source}, seed {cfg.seed}"
+        f"{m.n_layers} layers, d_model {m.d_model}, {t.steps} steps of "
+        f"{t.batch_size}×{t.seq_len} bytes from {corpus.source}, seed {t.seed}"
     )
     report = out / "report.html"
     report.write_text(

@@ -11,6 +11,7 @@ import streamlit as st
 import xarray as xr
 
 from attnres_probe import checkpoint
+from attnres_probe.app import ui
 from attnres_probe.app.text import literal
 from attnres_probe.figures import token_depth_heatmap
 from attnres_probe.store import STORE_NAME, store_version
@@ -89,15 +90,11 @@ def show(weights: xr.DataArray) -> None:
         c: st.column_config.ProgressColumn(str(c), min_value=0.0, max_value=1.0, format="%.2f")
         for c in frame.columns
     }
-    with st.expander("Numbers (table, CSV)"):
-        # Tall enough for every reader row: nothing is cut off or scrolled away.
-        st.dataframe(
-            frame, column_config=columns, key="token_table", height=35 * (len(frame) + 1) + 3
-        )
-        st.download_button(
-            "Download CSV",
-            frame.to_csv().encode("utf-8"),
-            file_name=f"token-{position}-depth-weights.csv",
-            mime="text/csv",
-            key="token_csv",
-        )
+    # Tall enough for every reader row: nothing is cut off or scrolled away.
+    ui.table_with_csv(
+        frame,
+        "token",
+        f"token-{position}-depth-weights.csv",
+        column_config=columns,
+        height=35 * (len(frame) + 1) + 3,
+    )

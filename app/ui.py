@@ -318,12 +318,17 @@ def numbers(fig, key: str) -> None:
     frame.columns = [html.unescape(str(c)) for c in frame.columns]
     frame.index = [html.unescape(str(i)) for i in frame.index]
     frame.index.name = "position"
+    table_with_csv(frame, key, f"{key}.csv")
+
+
+def table_with_csv(frame, key: str, file_name: str, **dataframe_options) -> None:
+    """``frame`` in an expander, with a CSV download of it (``key``: the widgets' key stem)."""
     with st.expander("Numbers (table, CSV)"):
-        st.dataframe(frame, key=f"{key}_table")
+        st.dataframe(frame, key=f"{key}_table", **dataframe_options)
         st.download_button(
             "Download CSV",
             frame.to_csv().encode("utf-8"),
-            file_name=f"{key}.csv",
+            file_name=file_name,
             mime="text/csv",
             key=f"{key}_csv",
         )

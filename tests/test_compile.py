@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch._dynamo as dynamo
-import torch.nn.functional as F
-from probe_checks import read_run
+from probe_checks import read_run, train_steps
 from torch._dynamo.utils import counters
 
 from attnres_probe.hooks import probe
@@ -36,21 +35,6 @@ def _batches(n: int) -> list[torch.Tensor]:
     return [torch.randint(0, 256, (2, 13), generator=g) for _ in range(n)]
 
 
-def _train(model, step_fn, batches, p=None) -> list[float]:
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    losses = []
-    for tokens in batches:
-        logits = step_fn(tokens[:, :-1])
-        loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
-        loss.backward()
-        if p is not None:
-            p.step(loss=loss)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    return losses
-
-
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():
     dynamo.reset()
@@ -71,12 +55,12 @@ def test_the_probe_adds_no_graph_break_and_records_what_eager_records(kind, ever
     batches = _batches(7)
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     with probe(model, tmp_path / "compiled", every=every) as p:
-        _train(model, compiled, batches, p)
+        train_steps(compiled, p, batches)
     # One graph for recorded steps, one for unrecorded ones: no recompile after those.
     assert counters["stats"]["unique_graphs"] == (1 if every == 1 else 2)
     assert not counters["graph_break"]
     with probe(eager, tmp_path / "eager", every=every) as p:
-        _train(eager, eager, batches, p)
+        train_steps(eager, p, batches)
     got, want = read_run(tmp_path / "compiled"), read_run(tmp_path / "eager")
     assert got["step"].values.tolist() == want["step"].values.tolist() == list(range(0, 7, every))
     assert set(got.data_vars) == set(want.data_vars)
@@ -94,9 +78,9 @@ def test_a_model_compiled_with_inductor_records_what_eager_records(tmp_path):
     batches = _batches(3)
     compiled = torch.compile(model, fullgraph=True)  # inductor: generated C++ on the CPU
     with probe(model, tmp_path / "compiled", every=2) as p:
-        _train(model, compiled, batches, p)
+        train_steps(compiled, p, batches)
     with probe(eager, tmp_path / "eager", every=2) as p:
-        _train(eager, eager, batches, p)
+        train_steps(eager, p, batches)
     got, want = read_run(tmp_path / "compiled"), read_run(tmp_path / "eager")
     for name in want.data_vars:
         np.testing.assert_allclose(

@@ -380,7 +380,8 @@ def test_a_baseline_model_has_no_mask_removal():
 def test_pruning_a_full_checkpoint_stores_mask_and_zero_side_by_side():
     from synthetic_runs import trained_runs
 
-    from attnres_probe.tools.prune_path import path, prune_path
+    from attnres_probe.analysis.pruning import path
+    from attnres_probe.tools.prune_path import prune_path
 
     run = trained_runs()["full"]
     mask = pruning.prune_run(run, "layer", batches=2)  # the default for AttnRes

@@ -108,15 +108,7 @@ if picked is not None:
         results = pruning_analysis.compare_with_proxies(
             ds, granularity, removal=removal
         ).to_dataframe()
-        with st.expander("Numbers (table, CSV)"):
-            st.dataframe(results, key="pruning_table")
-            st.download_button(
-                "Download CSV",
-                results.to_csv().encode("utf-8"),
-                file_name=f"pruning-by-{granularity}-{removal}.csv",
-                mime="text/csv",
-                key="pruning_csv",
-            )
+        ui.table_with_csv(results, "pruning", f"pruning-by-{granularity}-{removal}.csv")
         if granularity == "layer" and "prune_path_loss" in ds.data_vars:
             ui.chart(lambda: figures.prune_path({row.name: ds}), "prune_path", True)
     else:

@@ -332,6 +332,61 @@ def compare_with_proxies(
     return out
 
 
+# ----------------------------------------------------------------------------- greedy path
+# The greedy pruning path (made by ``tools.prune_path.prune_path``): removing the cheapest 1, 2,
+# … layers together, stored as ``prune_path_unit`` / ``prune_path_loss`` on dim ``n_removed``.
+
+DEFAULT_TOLERANCE = 0.01  # 1 % of the intact model's held-out loss
+PATH_VARIABLES = ("prune_path_unit", "prune_path_loss")
+
+
+def _relative_increase(loss: np.ndarray, base: float) -> np.ndarray:
+    return (np.asarray(loss, dtype=float) - base) / base
+
+
+def removable_alone(
+    ds: xr.Dataset, tolerance: float = DEFAULT_TOLERANCE, removal: str | None = None
+) -> int:
+    """How many layers each cost at most ``tolerance`` × the intact held-out loss when removed
+    on their own (from the stored layer pruning results; ``removal`` None: the run's
+    default, see ``pruning_results``)."""
+    res = pruning_results(ds, "layer", removal)
+    base = float(res["prune_base_loss"])
+    return int((_relative_increase(res["prune_loss"].values, base) <= tolerance).sum())
+
+
+def path(ds: xr.Dataset) -> xr.Dataset:
+    """The stored greedy path [n_removed]: ``unit`` (layer added), ``loss``,
+    ``relative_increase`` over the intact model's loss; attrs ``base_loss`` and ``removal``."""
+    missing = [v for v in PATH_VARIABLES if v not in ds.data_vars]
+    if missing:
+        raise AnalysisError(
+            f"run {run_name(ds)!r} has no greedy pruning path; make it with "
+            "attnres_probe.tools.prune_path.prune_path(RUN)"
+        )
+    removal = str(ds["prune_path_loss"].attrs.get("removal", "zero"))
+    base = float(pruning_results(ds, "layer", removal)["prune_base_loss"])
+    loss = np.asarray(ds["prune_path_loss"].values, dtype=float)
+    n = np.arange(1, loss.size + 1)
+    return xr.Dataset(
+        {
+            "unit": ("n_removed", np.asarray(ds["prune_path_unit"].values).astype(str)),
+            "loss": ("n_removed", loss),
+            "relative_increase": ("n_removed", _relative_increase(loss, base)),
+        },
+        coords={"n_removed": n},
+        attrs={"base_loss": base, "removal": removal},
+    )
+
+
+def removable_together(ds: xr.Dataset, tolerance: float = DEFAULT_TOLERANCE) -> int:
+    """The largest k such that removing the k cheapest layers together, and every shorter
+    prefix of them, costs at most ``tolerance`` × the intact held-out loss."""
+    rel = path(ds)["relative_increase"].values
+    over = np.flatnonzero(~(rel <= tolerance))
+    return int(over[0]) if over.size else int(rel.size)
+
+
 # ----------------------------------------------------------------------------- ablation (torch)
 
 

@@ -13,18 +13,7 @@ from collections.abc import Mapping
 
 import xarray as xr
 
-from attnres_probe.analysis.select import model_config
-
-
-def train_config(ds: xr.Dataset) -> dict:
-    """The run's training recipe from its attrs (``train_config``); empty when not recorded."""
-    raw = ds.attrs.get("train_config")
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError:
-            return {}
-    return dict(raw) if isinstance(raw, dict) else {}
+from attnres_probe.analysis.select import model_config, train_config
 
 
 def run_seed(ds: xr.Dataset) -> int | None:

@@ -43,16 +43,26 @@ def run_name(ds: xr.Dataset) -> str:
     return str(ds.attrs.get("run_name") or "run")
 
 
-def model_config(ds: xr.Dataset) -> dict:
-    """The run's model configuration from its attrs (``model_config``, JSON or a dict); empty
-    when the run does not say."""
-    raw = ds.attrs.get("model_config")
+def json_attr(ds: xr.Dataset, name: str) -> dict:
+    """A run attribute holding a configuration (JSON text or a dict); empty when the run does
+    not have it or it is not a mapping."""
+    raw = ds.attrs.get(name)
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
         except json.JSONDecodeError:
             return {}
     return dict(raw) if isinstance(raw, dict) else {}
+
+
+def model_config(ds: xr.Dataset) -> dict:
+    """The run's model configuration (``model_config``); empty when the run does not say."""
+    return json_attr(ds, "model_config")
+
+
+def train_config(ds: xr.Dataset) -> dict:
+    """The run's training recipe (``train_config``); empty when not recorded."""
+    return json_attr(ds, "train_config")
 
 
 def first_count(n: int, fraction: float) -> int:

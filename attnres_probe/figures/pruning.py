@@ -9,7 +9,7 @@ import xarray as xr
 from plotly.subplots import make_subplots
 
 from attnres_probe.analysis import pruning as pruning_analysis
-from attnres_probe.analysis.select import DEFAULT_FRACTION, AnalysisError, run_name
+from attnres_probe.analysis.select import DEFAULT_FRACTION, AnalysisError
 from attnres_probe.figures.profiles import add_series_line
 from attnres_probe.figures.style import (
     Labelled,
@@ -187,22 +187,11 @@ def _stored_granularity(datasets) -> str:
     return next((g for g in ("layer", "block", "sublayer") if g in found), "layer")
 
 
-PATH_VARIABLES = ("prune_path_unit", "prune_path_loss")
-TOLERANCE = 0.01  # the demo's and the report's bound: 1 % of the intact held-out loss
-
-
 def _path_increase(ds) -> tuple[np.ndarray, list[str]]:
     """Relative held-out loss increase along the stored greedy path, and the layer added at
-    each point (what ``tools.prune_path.path`` reads; figures sit below the tools)."""
-    if any(v not in ds.data_vars for v in PATH_VARIABLES):
-        raise AnalysisError(
-            f"run {run_name(ds)!r} has no greedy pruning path; the demo makes one, or "
-            "attnres_probe.tools.prune_path.prune_path(RUN)"
-        )
-    removal = str(ds["prune_path_loss"].attrs.get("removal", "zero"))
-    base = float(pruning_analysis.pruning_results(ds, "layer", removal)["prune_base_loss"])
-    loss = np.asarray(ds["prune_path_loss"].values, dtype=float)
-    return (loss - base) / base, [str(u) for u in ds["prune_path_unit"].values]
+    each point."""
+    found = pruning_analysis.path(ds)
+    return found["relative_increase"].values, [str(u) for u in found["unit"].values]
 
 
 def prune_path(runs: Runs, step: int | None = None, seeds: str = "band") -> go.Figure:
@@ -232,9 +221,9 @@ def prune_path(runs: Runs, step: int | None = None, seeds: str = "band") -> go.F
         add_series_line(fig, s, rel, n, labels, "loss increase %", "greedy path")
         longest = max(longest, n.size)
     fig.add_hline(
-        y=100 * TOLERANCE,
+        y=100 * pruning_analysis.DEFAULT_TOLERANCE,
         line={"dash": "dot", "color": "#5b6775"},
-        annotation_text=f"{number(100 * TOLERANCE)} %",
+        annotation_text=f"{number(100 * pruning_analysis.DEFAULT_TOLERANCE)} %",
         annotation_position="top left",
     )
     note = "held-out loss over the intact model's; layers ranked by their single-layer cost"

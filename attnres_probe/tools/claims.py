@@ -40,7 +40,6 @@ from attnres_probe.analysis.seeds import run_seed
 from attnres_probe.analysis.select import AnalysisError, snapshot
 from attnres_probe.figures import site_labels
 from attnres_probe.store import open_run, run_paths
-from attnres_probe.tools import prune_path
 
 KIND_ORDER = ("baseline", "full", "block")
 ATTNRES_KINDS = ("full", "block")
@@ -48,7 +47,7 @@ MARK_START = "<!-- claims:start -->"
 MARK_END = "<!-- claims:end -->"
 ENTROPY_MAX = 0.9  # normalised entropy at or below which weights count as far from uniform
 LOSS_TOLERANCE = 0.01  # Block ≈ Full in loss without repeats: within 1 % of Full's loss
-TOLERANCE = prune_path.DEFAULT_TOLERANCE
+TOLERANCE = pruning.DEFAULT_TOLERANCE
 
 
 @dataclass(frozen=True)
@@ -185,8 +184,8 @@ def run_measures(ds: xr.Dataset) -> dict[str, float]:
             ]
         ),
         "mass_gradient_rho": nan,
-        "removable_alone": _try(lambda: prune_path.removable_alone(ds, TOLERANCE)),
-        "removable_together": _try(lambda: prune_path.removable_together(ds, TOLERANCE)),
+        "removable_alone": _try(lambda: pruning.removable_alone(ds, TOLERANCE)),
+        "removable_together": _try(lambda: pruning.removable_together(ds, TOLERANCE)),
         "rho_block_influence": nan,
         "rho_relative_update": nan,
     }

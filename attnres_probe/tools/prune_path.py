@@ -12,7 +12,8 @@ store as static variables on dim ``n_removed`` (attribute ``removal`` says which
 - ``prune_path_unit`` [n_removed]: the layer added to the removed set at that point;
 - ``prune_path_loss`` [n_removed]: held-out loss with the first ``n_removed`` layers removed.
 
-Only :func:`prune_path` needs torch; the readers take an ``xarray.Dataset``.
+This module computes and stores the path (torch); ``analysis.pruning.path`` and
+``removable_together`` read it.
 """
 
 from __future__ import annotations
@@ -23,60 +24,10 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from attnres_probe.analysis.pruning import default_removal, pruning_results
-from attnres_probe.analysis.select import AnalysisError, run_name
+from attnres_probe.analysis.pruning import default_removal, path, pruning_results
 from attnres_probe.store import open_run, write_static_variables
 
-DEFAULT_TOLERANCE = 0.01  # 1 % of the intact model's held-out loss
-PATH_VARIABLES = ("prune_path_unit", "prune_path_loss")
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, unit just added)
-
-
-def _relative_increase(loss: np.ndarray, base: float) -> np.ndarray:
-    return (np.asarray(loss, dtype=float) - base) / base
-
-
-def removable_alone(
-    ds: xr.Dataset, tolerance: float = DEFAULT_TOLERANCE, removal: str | None = None
-) -> int:
-    """How many layers each cost at most ``tolerance`` × the intact held-out loss when removed
-    on their own (from the stored layer pruning results; ``removal`` None: the run's
-    default, see ``pruning_results``)."""
-    res = pruning_results(ds, "layer", removal)
-    base = float(res["prune_base_loss"])
-    return int((_relative_increase(res["prune_loss"].values, base) <= tolerance).sum())
-
-
-def path(ds: xr.Dataset) -> xr.Dataset:
-    """The stored greedy path [n_removed]: ``unit`` (layer added), ``loss``,
-    ``relative_increase`` over the intact model's loss; attrs ``base_loss`` and ``removal``."""
-    missing = [v for v in PATH_VARIABLES if v not in ds.data_vars]
-    if missing:
-        raise AnalysisError(
-            f"run {run_name(ds)!r} has no greedy pruning path; make it with "
-            "attnres_probe.tools.prune_path.prune_path(RUN)"
-        )
-    removal = str(ds["prune_path_loss"].attrs.get("removal", "zero"))
-    base = float(pruning_results(ds, "layer", removal)["prune_base_loss"])
-    loss = np.asarray(ds["prune_path_loss"].values, dtype=float)
-    n = np.arange(1, loss.size + 1)
-    return xr.Dataset(
-        {
-            "unit": ("n_removed", np.asarray(ds["prune_path_unit"].values).astype(str)),
-            "loss": ("n_removed", loss),
-            "relative_increase": ("n_removed", _relative_increase(loss, base)),
-        },
-        coords={"n_removed": n},
-        attrs={"base_loss": base, "removal": removal},
-    )
-
-
-def removable_together(ds: xr.Dataset, tolerance: float = DEFAULT_TOLERANCE) -> int:
-    """The largest k such that removing the k cheapest layers together, and every shorter
-    prefix of them, costs at most ``tolerance`` × the intact held-out loss."""
-    rel = path(ds)["relative_increase"].values
-    over = np.flatnonzero(~(rel <= tolerance))
-    return int(over[0]) if over.size else int(rel.size)
 
 
 def prune_path(

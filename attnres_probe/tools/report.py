@@ -23,11 +23,12 @@ import xarray as xr
 from plotly.offline import get_plotlyjs
 
 from attnres_probe import figures
+from attnres_probe.analysis import pruning
 from attnres_probe.analysis.select import AnalysisError
 from attnres_probe.analysis.summary import run_summary
 from attnres_probe.checkpoint import checkpoint_facts
 from attnres_probe.store import open_run
-from attnres_probe.tools import claims, prune_path
+from attnres_probe.tools import claims
 from attnres_probe.tools.findings import DESCRIPTIONS, finding
 
 PAGE_CSS = """
@@ -348,11 +349,11 @@ def layers_removable(ds: xr.Dataset) -> dict[str, int] | None:
     """How many layers the run can lose for ≤ 1 % held-out loss: ``alone`` (each on its own)
     and ``together`` (greedy path); None without pruning results."""
     try:
-        out = {"alone": prune_path.removable_alone(ds)}
+        out = {"alone": pruning.removable_alone(ds)}
     except AnalysisError:
         return None
     try:
-        out["together"] = prune_path.removable_together(ds)
+        out["together"] = pruning.removable_together(ds)
     except AnalysisError:
         pass
     return out

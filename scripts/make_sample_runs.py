@@ -263,6 +263,21 @@ def main() -> None:
     old = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     made = {r["name"]: r for r in old.get("runs", [])}
 
+    def write_manifest(wall: float) -> None:
+        manifest = {
+            "model": MODEL,
+            "train": TRAIN,
+            "prune_batches": PRUNE_BATCHES,
+            "weights_kept_for_seeds": list(WEIGHT_SEEDS),
+            "checkpoint_dtype": WEIGHT_DTYPE,
+            "jobs": args.jobs,
+            "wall_s": round(wall + old.get("wall_s", 0.0) if args.only else wall, 1),
+            "machine": machine(),
+            "runs": [made[run_name(k, s)] for k, s in RUNS if run_name(k, s) in made],
+        }
+        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+        write_readme(out, manifest)
+
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = {
@@ -276,20 +291,8 @@ def main() -> None:
                 f"{result.prune_s:.0f} s, held-out loss {result.prune_base_loss:.4f}",
                 flush=True,
             )
+            write_manifest(time.perf_counter() - start)  # an interrupted script loses no run
     wall = time.perf_counter() - start
-    manifest = {
-        "model": MODEL,
-        "train": TRAIN,
-        "prune_batches": PRUNE_BATCHES,
-        "weights_kept_for_seeds": list(WEIGHT_SEEDS),
-        "checkpoint_dtype": WEIGHT_DTYPE,
-        "jobs": args.jobs,
-        "wall_s": round(wall if not args.only else old.get("wall_s", wall), 1),
-        "machine": machine(),
-        "runs": [made[run_name(k, s)] for k, s in RUNS if run_name(k, s) in made],
-    }
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    write_readme(out, manifest)
     print(f"wrote {len(todo)} runs into {out} in {wall / 60:.1f} min", file=sys.stderr)
 
 

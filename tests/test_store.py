@@ -17,6 +17,7 @@ import xarray as xr
 
 from attnres_probe.store import (
     SCHEMA_VARIABLES,
+    SCHEMA_VERSION,
     RunStoreError,
     RunWriter,
     list_runs,
@@ -86,7 +87,7 @@ def test_round_trip_keeps_every_variable_coordinate_and_attribute(tmp_path):
     assert ds["layer_of"].values.tolist() == [0, 0, 1, 1]
     assert ds["source"].values.tolist() == SOURCES and ds["source"].dtype == object
     assert set(ds.coords) == {"step", "sublayer", "kind", "layer_of", "layer", "source"}
-    assert ds.attrs["schema_version"] == 1 and ds.attrs["status"] == "finished"
+    assert ds.attrs["schema_version"] == SCHEMA_VERSION and ds.attrs["status"] == "finished"
     assert ds.attrs["run_name"] == "run" and ds.attrs["n_steps"] == len(steps)
     assert ds.attrs["residual"] == "full" and ds.attrs["n_layers"] == N_LAYERS
     assert "zarr" in json.loads(ds.attrs["versions"])

@@ -31,6 +31,7 @@ from typer.testing import CliRunner
 
 from attnres_probe.cli import app
 from attnres_probe.store import (
+    SCHEMA_VERSION,
     RunNotFoundError,
     RunStoreError,
     RunStoreWarning,
@@ -288,14 +289,33 @@ def test_truncated_root_metadata_is_a_clear_error(tmp_path):
     assert info.status == "broken" and "not valid JSON" in info.error
 
 
-def test_a_newer_schema_version_asks_for_an_upgrade(tmp_path):
-    run = _record(tmp_path / "run", 5)
+def _set_schema_version(run: Path, version: int) -> None:
     root = run / "recording.zarr" / "zarr.json"
     meta = json.loads(root.read_text())
-    meta["attributes"]["schema_version"] = 2
+    meta["attributes"]["schema_version"] = version
     root.write_text(json.dumps(meta))
-    with pytest.raises(RunStoreError, match="schema_version=2 .* upgrade attnres-probe"):
+
+
+def test_a_newer_schema_version_asks_for_an_upgrade(tmp_path):
+    run = _record(tmp_path / "run", 5)
+    _set_schema_version(run, SCHEMA_VERSION + 1)
+    with pytest.raises(
+        RunStoreError, match=f"schema_version={SCHEMA_VERSION + 1} .* upgrade attnres-probe"
+    ):
         open_run(run)
+
+
+@pytest.mark.parametrize("residual", ["full", "block", "baseline"])
+def test_an_older_schema_says_where_a_variable_meant_something_else(tmp_path, residual):
+    # Schema 1 counted the AttnRes pseudo-queries in a layer's parameter-gradient norm.
+    run = tmp_path / residual
+    variables, coords = {"param_grad_norm": ("step", "layer")}, {"layer": np.arange(2)}
+    with RunWriter(run, variables, coords, {"residual": residual}) as w:
+        w.append(0, {"param_grad_norm": np.ones(2)})
+    assert "note" not in open_run(run)["param_grad_norm"].attrs
+    _set_schema_version(run, 1)
+    note = open_run(run)["param_grad_norm"].attrs.get("note", "")
+    assert ("pseudo-queries" in note) == (residual != "baseline")
 
 
 # ----------------------------------------------------------------------------- damaged data

@@ -26,9 +26,11 @@ from attnres_probe.store.header import effective_status, open_group, read_header
 from attnres_probe.store.location import Location, locate
 from attnres_probe.store.repair import repair as repair_store
 from attnres_probe.store.schema import (
+    ATTNRES,
     HIDDEN_ATTRS,
     LAZY_BYTES,
     ROLE_KEY,
+    SCHEMA_VERSION,
     STEP,
     RunStoreError,
     RunStoreWarning,
@@ -440,7 +442,17 @@ def open_run(
         )
     if notes:
         warn_dropped(loc.shown, notes, stacklevel=2)
+    _mark_older_meanings(ds)
     return ds
+
+
+def _mark_older_meanings(ds: xr.Dataset) -> None:
+    """Say on a variable where a run of an older schema recorded it with another meaning."""
+    if int(ds.attrs.get("schema_version", SCHEMA_VERSION)) < 2 and "param_grad_norm" in ds:
+        if ds.attrs.get("residual") in ATTNRES:
+            ds["param_grad_norm"].attrs["note"] = (
+                "schema 1: includes the layer's AttnRes pseudo-queries and key scales"
+            )
 
 
 def run_config(ds: xr.Dataset) -> dict[str, Any]:

@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 from zarr.codecs import Crc32cCodec
 
-SCHEMA_VERSION = 1
+# 2: param_grad_norm holds a layer's own weights only (the AttnRes pseudo-queries moved to
+# query_grad_norm); layer_output_rms, layer_grad_norm and the query norms are new.
+SCHEMA_VERSION = 2
 STORE_NAME = "recording.zarr"
 STEP = "step"
 ROLE_KEY = "store_role"  # array attribute: "coordinate" or "variable"

@@ -26,12 +26,17 @@ def datasets():
     return {name: open_run(path) for name, path in RUNS.items()}
 
 
-def test_every_sample_run_opens_with_the_schema_version_and_a_checkpoint(datasets):
+def test_every_sample_run_opens_with_the_schema_version_and_seed_0_keeps_its_weights(datasets):
+    from attnres_probe.checkpoint import load_model
+
     for name, ds in datasets.items():
         assert int(ds.attrs["schema_version"]) == SCHEMA_VERSION, name
         assert ds.attrs["status"] == "finished", name
-        assert (RUNS[name] / "checkpoint.safetensors").is_file(), name
+        seed = json.loads(ds.attrs["train_config"])["seed"]
+        assert (RUNS[name] / "checkpoint.safetensors").is_file() == (seed == 0), name
         assert "prune_loss" in ds.data_vars and "prune_path_loss" in ds.data_vars, name
+        if seed == 0:  # the kept weights load, paired with this recording
+            assert load_model(RUNS[name]).cfg.residual == ds.attrs["residual"]
 
 
 def test_sample_runs_are_equal_size_deep_long_and_seeded_as_promised(datasets):
@@ -40,12 +45,28 @@ def test_sample_runs_are_equal_size_deep_long_and_seeded_as_promised(datasets):
     for name, ds in datasets.items():
         model = json.loads(ds.attrs["model_config"])
         train = json.loads(ds.attrs["train_config"])
-        sizes.add((model["n_layers"], model["d_model"], model["n_heads"]))
-        assert model["n_layers"] >= 16, name
+        sizes.add((model["n_layers"], model["d_model"], model["n_heads"], model["n_blocks"]))
+        assert model["n_layers"] >= 32, name
         assert train["steps"] >= 1000 and int(ds["step"].values[-1]) >= 990, name
         kinds.setdefault(ds.attrs["residual"], set()).add(train["seed"])
     assert len(sizes) == 1, f"sample runs differ in size: {sizes}"
     assert len(kinds["baseline"]) >= 3 and len(kinds["block"]) >= 3 and kinds["full"]
+
+
+def test_every_run_is_pruned_at_the_granularities_and_removals_promised(datasets):
+    pruned_by_sublayer = set()
+    for name, ds in datasets.items():
+        kind = ds.attrs["residual"]
+        done = set(
+            zip(ds["prune_granularity"].values.tolist(), ds["prune_removal"].values.tolist())
+        )
+        removals = {"mask", "zero"} if kind != "baseline" else {"zero"}
+        granularities = {"layer"} | ({"block"} if kind == "block" else set())
+        assert {(g, r) for g in granularities for r in removals} <= done, name
+        if any(g == "sublayer" for g, _ in done):
+            assert {("sublayer", r) for r in removals} <= done, name
+            pruned_by_sublayer.add(kind)
+    assert pruned_by_sublayer == {"baseline", "full", "block"}
 
 
 def test_sample_runs_folder_stays_under_30_mb():

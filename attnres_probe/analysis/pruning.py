@@ -6,9 +6,15 @@ sublayers, removed on the same held-out batches of the run's corpus
 
 - ``"zero"``: its updates are replaced by zeros. In a baseline that removes the unit from the
   residual stream. In AttnRes a zero source stays *inside* every later depth softmax (its key
-  RMSNorm(0) = 0 gives logit 0), so it keeps taking weight from the other sources.
+  RMSNorm(0) = 0 gives logit 0) and takes weight there.
 - ``"mask"`` (AttnRes only, their default): the removed source leaves every later depth
   softmax, which renormalises over the sources that remain — the unit is gone.
+
+In this project's AttnRes models the two give one function up to the norms' eps: the weight a
+zero source takes scales every other source's weight by one factor, and each reader of an
+AttnRes output (a sublayer's pre-norm, the final norm) is an RMSNorm, which undoes a uniform
+scale. "mask" is the default because it removes the unit by construction, not through that
+invariance (a reader without a norm would break it).
 
 The true cost is compared with the cheap proxies the probe recorded during training:
 

@@ -78,7 +78,8 @@ class Transformer(nn.Module):
         the removed update is not a source at all, so every later depth softmax renormalises
         over the sources that remain (Block AttnRes: it leaves the partial sum; a removed whole
         block leaves every later softmax); "zero" (baseline's only mode): the update is replaced
-        by zeros, which in AttnRes stay a source with logit 0.
+        by zeros, which in AttnRes stay a source with logit 0 (it only rescales each AttnRes
+        output, which every reader normalises: the same function as "mask" up to the eps).
         depth_weights_out: if a list is given (AttnRes kinds), it receives one weight tensor
         [n_sources_at_site, B, T] per AttnRes op, in site order (per-token depth views).
         """

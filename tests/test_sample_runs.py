@@ -57,9 +57,8 @@ def test_every_run_is_pruned_at_the_granularities_and_removals_promised(datasets
     pruned_by_sublayer = set()
     for name, ds in datasets.items():
         kind = ds.attrs["residual"]
-        done = set(
-            zip(ds["prune_granularity"].values.tolist(), ds["prune_removal"].values.tolist())
-        )
+        granularity, removal = ds["prune_granularity"].values, ds["prune_removal"].values
+        done = set(zip(granularity.tolist(), removal.tolist(), strict=True))
         removals = {"mask", "zero"} if kind != "baseline" else {"zero"}
         granularities = {"layer"} | ({"block"} if kind == "block" else set())
         assert {(g, r) for g in granularities for r in removals} <= done, name

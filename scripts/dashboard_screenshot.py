@@ -23,7 +23,7 @@ SAMPLES = "baseline-s0,baseline-s1,baseline-s2,block-s0,block-s1,block-s2,full-s
 README_PICTURES = [
     ("compare", f"compare={SAMPLES}", REPO / "docs" / "dashboard.png"),
     ("training", f"compare={SAMPLES}", REPO / "docs" / "dashboard-training.png"),
-    ("pruning", "run=block-s0&removal=zero", REPO / "docs" / "dashboard-pruning.png"),
+    ("pruning", "run=block-s0", REPO / "docs" / "dashboard-pruning.png"),
 ]
 
 

@@ -18,7 +18,8 @@ REMOVAL_NOTES = {
     "mask": "mask: the removed unit leaves every later depth softmax, which renormalises over "
     "the sources that remain",
     "zero": "zero: the unit's update is replaced by zeros (in AttnRes the zero source stays "
-    "inside every later depth softmax and keeps taking weight)",
+    "inside every later depth softmax and takes weight, which only rescales what the next "
+    "RMSNorm reads: in this project's models the same loss as mask up to the norm's eps)",
 }
 
 ui.header("Pruning")

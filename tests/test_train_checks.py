@@ -238,6 +238,27 @@ def test_train_prints_its_thread_count_first_and_puts_torch_back(tmp_path):
     assert seen == [2] and torch.get_num_threads() == before
 
 
+def test_recorded_statistics_do_not_depend_on_the_thread_count_beyond_rounding(tmp_path):
+    from probe_checks import read_run
+
+    model = ModelConfig(residual="block", n_layers=2, d_model=64, n_heads=4, n_blocks=2)
+    cfg = TrainConfig(steps=3, batch_size=4, seq_len=32, data=small_corpus(), eval_batches=1)
+    runs = {n: tmp_path / f"threads{n}" for n in (1, 2)}
+    for n, run in runs.items():
+        train(model, cfg, run, threads=n)
+    one, two = read_run(runs[1]), read_run(runs[2])
+    assert set(one.data_vars) == set(two.data_vars)
+    for name in one.data_vars:
+        torch.testing.assert_close(
+            torch.as_tensor(two[name].values),
+            torch.as_tensor(one[name].values),
+            rtol=1e-4,
+            atol=1e-6,
+            equal_nan=True,
+            msg=name,
+        )
+
+
 def test_the_sample_run_script_trains_with_one_thread():
     import runpy
 

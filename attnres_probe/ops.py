@@ -67,7 +67,8 @@ class _Tap(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         if ctx.value:
-            stat = torch.linalg.vector_norm(grad, dtype=torch.float32).square()
+            wide = torch.float64 if grad.dtype == torch.float64 else torch.float32
+            stat = torch.linalg.vector_norm(grad, dtype=wide).square()
         else:
             stat = torch.ones((), dtype=torch.float32, device=grad.device)
         return grad, stat, None
@@ -220,7 +221,7 @@ class Recording:
         if not self.norm_grads:
             return NormStats(sq)
         grad_sq = self.views["norm_grad_sq"][site : site + 1]
-        return NormStats(sq, grad_sq, lambda h: self.tap(h, "norm_grad_sq", site))
+        return NormStats(sq, grad_sq, self.sinks["norm_grad_sq"][site])
 
     def _depth_stats(self, site: int, columns: tuple[int, ...]) -> DepthStats | None:
         """Views for the depth op at ``site``: its sources are the first columns, except a
@@ -322,7 +323,7 @@ def add_rms_norm(
     if stats is not None and _in_recompute():
         # A checkpoint's recomputation: the forward statistic was taken in the forward; the
         # gradient one is still needed where the first forward built no graph (reentrant).
-        stats = NormStats(None, stats.grad_sq, stats.tap)
+        stats = NormStats(None, stats.grad_sq, stats.sink)
     backend = _dispatch(x)
     normed, h = backend.add_rms_norm(x, update, weight, eps, stats)
     if stats is not None and stats.grad_sq is not None and backend is not reference:

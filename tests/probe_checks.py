@@ -136,7 +136,9 @@ def reference_native(model: torch.nn.Module, tokens: torch.Tensor) -> dict[str, 
     last = [2 * layer + 1 for layer in range(n_layers)]
     if cfg.residual == "baseline":  # the stream after the layer, as the model's graph has it
         layer_out = [streams[layer + 1] for layer in range(n_layers)]
-        layer_grad = [streams[layer + 1].grad for layer in range(n_layers)]
+        # h = x + f: ∂L/∂h is ∂L/∂f of the layer's last sublayer (a retained gradient of h
+        # itself would miss the norm's share, which the fused add + norm hands to x and f)
+        layer_grad = [outputs[i].grad for i in last]
     elif cfg.residual == "full":  # the source the layer adds last
         layer_out = [outputs[i] for i in last]
         layer_grad = [outputs[i].grad for i in last]

@@ -144,3 +144,48 @@ def test_reference_gradients_pass_gradcheck_in_float64(add):
         assert torch.autograd.gradcheck(lambda x, u, w: reference.add_rms_norm(x, u, w), (x, u, w))
     else:
         assert torch.autograd.gradcheck(lambda x, w: reference.rms_norm(x, w), (x, w))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_reference_add_norm_backward_is_autograd_of_its_formula_in_float64(shape):
+    """The reference forms ∂L/∂h and Σ(∂L/∂h)² in its own backward: checked against autograd of
+    the formula written out, in float64, with both outputs used (as the residual stream uses h)."""
+    x, update = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
+    weight = torch.randn(shape[-1], dtype=torch.float64)
+    up_y, up_h = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
+
+    def formula(x, u, w):
+        h = x + u
+        return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6) * w, h
+
+    leaves = [t.clone().requires_grad_() for t in (x, update, weight)]
+    y, h = formula(*leaves)
+    torch.autograd.backward((y, h), (up_y, up_h))
+    want = [t.grad for t in leaves]
+
+    leaves = [t.clone().requires_grad_() for t in (x, update, weight)]
+    stats = NormStats(
+        sq=torch.zeros(1, dtype=torch.float64), sink=torch.zeros((), requires_grad=True)
+    )
+    y_ref, h_ref = reference.add_rms_norm(*leaves, 1e-6, stats)
+    torch.autograd.backward((y_ref, h_ref), (up_y, up_h))
+    torch.testing.assert_close(y_ref, formula(x, update, weight)[0], rtol=1e-12, atol=1e-12)
+    for name, got, expected in zip(
+        ("dx", "dupdate", "dweight"), [t.grad for t in leaves], want, strict=True
+    ):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12, msg=name)
+    torch.testing.assert_close(stats.sink.grad.double(), want[0].pow(2).sum(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(stats.sq, (x + update).pow(2).sum().reshape(1), rtol=1e-12, atol=0)
+    # Only one output used: the other's gradient is absent, not a zero tensor made up.
+    leaves = [t.clone().requires_grad_() for t in (x, update, weight)]
+    reference.add_rms_norm(*leaves, 1e-6)[1].mul(up_h).sum().backward()
+    torch.testing.assert_close(leaves[0].grad, up_h)
+    assert leaves[2].grad is None
+
+
+def test_no_gradient_statistic_where_no_gradient_can_reach_the_stream():
+    stats = NormStats(sq=torch.zeros(1), sink=torch.zeros((), requires_grad=True))
+    weight = torch.randn(8, requires_grad=True)
+    y, _ = reference.add_rms_norm(torch.randn(3, 8), torch.randn(3, 8), weight, 1e-6, stats)
+    y.sum().backward()  # only the weight learns: x and update are frozen
+    assert weight.grad is not None and stats.sink.grad is None

@@ -67,9 +67,9 @@ def add_rms_norm(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """h = x + update; returns (rms_norm(h), h) (see ``reference.add_rms_norm``)."""
     if _use_reference(x, update, weight) or (
-        stats is not None and stats.grad_sq is None and stats.tap is not None
+        stats is not None and stats.grad_sq is None and stats.sink is not None
     ):
-        # A tapped stream needs the tap before every use of h, the norm's included.
+        # A statistic asked for through a sink only: the reference's backward forms it.
         return reference.add_rms_norm(x, update, weight, eps, stats)
     sq, grad_sq = (None, None) if stats is None else _checked(stats.sq, stats.grad_sq)
     return AddRMSNormFunction.apply(x, update, weight, eps, sq, grad_sq)

@@ -3,13 +3,13 @@
 Each function takes an optional statistics bundle; when given, it adds its by-product
 reductions into those device tensors (never syncing the host). Forward statistics are added
 without building graph. The one backward statistic, Σ(∂L/∂h)² of a fused add + norm's stream
-h, reaches the slot through ``NormStats.tap``: an identity on h whose backward adds it (the
-fused kernels add it in their own backward instead).
+h, is formed in that op's backward, as the fused kernels do: the reference returns it as the
+gradient of ``NormStats.sink`` (a 0-d leaf the recording reads), the kernels add it into
+``NormStats.grad_sq``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,16 +19,16 @@ import torch
 class NormStats:
     """Slots a norm op adds into: sq [1] += Σx² of the stream it normalises (None: not now).
 
-    For the fused add + norm also the gradient of its stream h = x + update: the kernels add
-    Σ(∂L/∂h)² into grad_sq [1] in their backward; the reference hands h to ``tap`` (an identity
-    whose backward adds it, see ``ops.Recording.tap``) and uses what it returns, so every
-    consumer of h — the norm and the caller's residual stream — is counted. Both None: no
-    gradient statistic (no extra backward work).
+    For the fused add + norm also the gradient of its stream h = x + update, every consumer of
+    h counted (the norm and the caller's residual stream): the kernels add Σ(∂L/∂h)² into
+    grad_sq [1] in their backward; the reference's backward returns it as the gradient of
+    ``sink``, a 0-d leaf that requires grad (see ``ops.Recording``). Both None: no gradient
+    statistic (no extra backward work).
     """
 
     sq: torch.Tensor | None
     grad_sq: torch.Tensor | None = None
-    tap: Callable[[torch.Tensor], torch.Tensor] | None = None
+    sink: torch.Tensor | None = None
 
 
 @dataclass
@@ -70,6 +70,46 @@ def rms_norm(
     return (xf * torch.rsqrt(ms + eps) * _acc(weight)).to(x.dtype)
 
 
+class _AddRMSNorm(torch.autograd.Function):
+    """h = x + update; y = h / sqrt(mean(h²) + eps) · weight in float32, cast to h's dtype.
+    Returns (y, h, D · Σ_tokens mean(h²)); the backward forms ∂L/∂h once, for x, update and
+    (given a ``sink``) its Σ(∂L/∂h)². Written out rather than left to autograd: one node
+    instead of eight, which is what keeps the gradient statistic nearly free on the CPU."""
+
+    @staticmethod
+    def forward(ctx, x, update, weight, sink, eps):
+        ctx.set_materialize_grads(False)
+        h = x + update
+        hf = _acc(h)
+        ms = hf.pow(2).mean(-1, keepdim=True)
+        inv = torch.rsqrt(ms + eps)
+        normed = hf * inv
+        ctx.save_for_backward(normed, inv, weight)
+        ctx.dtypes = (x.dtype, update.dtype)
+        sq = ms.sum() * h.shape[-1]  # Σh², a by-product of the normalisation's mean square
+        ctx.mark_non_differentiable(sq)
+        return (normed * _acc(weight)).to(h.dtype), h, sq
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_h, _grad_sq):
+        normed, inv, weight = ctx.saved_tensors
+        grad, grad_weight, stat = None, None, None
+        if grad_y is not None:
+            gy = _acc(grad_y)
+            g = gy * _acc(weight)
+            grad = inv * (g - normed * (g * normed).mean(-1, keepdim=True))
+            if ctx.needs_input_grad[2]:
+                grad_weight = (gy * normed).flatten(0, -2).sum(0).to(weight.dtype)
+        if grad_h is not None:
+            grad = _acc(grad_h) if grad is None else grad + grad_h
+        if grad is None:
+            return None, None, grad_weight, None, None
+        if ctx.needs_input_grad[3]:
+            stat = torch.linalg.vector_norm(grad).square()  # grad is float32 or float64
+        x_dtype, update_dtype = ctx.dtypes
+        return grad.to(x_dtype), grad.to(update_dtype), grad_weight, stat, None
+
+
 def add_rms_norm(
     x: torch.Tensor,
     update: torch.Tensor,
@@ -77,11 +117,15 @@ def add_rms_norm(
     eps: float = 1e-6,
     stats: NormStats | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """h = x + update; returns (rms_norm(h), h). Statistics describe h and ∂L/∂h."""
-    h = x + update
-    if stats is not None and stats.tap is not None:
-        h = stats.tap(h)
-    return rms_norm(h, weight, eps, stats), h
+    """h = x + update; returns (rms_norm(h), h). Statistics describe h and ∂L/∂h (a stream no
+    gradient can reach — neither x nor update requires one — has no gradient statistic)."""
+    sink = None
+    if stats is not None and stats.sink is not None and torch.is_grad_enabled():
+        sink = stats.sink if (x.requires_grad or update.requires_grad) else None
+    y, h, sq = _AddRMSNorm.apply(x, update, weight, sink, eps)
+    if stats is not None and stats.sq is not None:
+        stats.sq.add_(sq)
+    return y, h
 
 
 def _add_depth_stats(stats: DepthStats, weights: torch.Tensor, n_partial: int = 0) -> None:

@@ -28,23 +28,18 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from attnres_probe.hooks.probe import Probe
+from attnres_probe.hooks.probe import CallbackSettings, Probe
 
 __all__ = ["ProbeCallback"]
 
 
-class ProbeCallback(TrainerCallback):
+class ProbeCallback(CallbackSettings, TrainerCallback):
     """Record the model a ``transformers.Trainer`` trains into the run at ``run_path`` every
     ``every`` optimizer steps; ``probe_options`` go to :class:`attnres_probe.hooks.Probe`
     (``layers``, ``attrs``, ``strict``, ``flush_every``, ...)."""
 
     def __init__(self, run_path: str | os.PathLike, every: int = 1, **probe_options: Any):
-        if "model" in probe_options or "run_path" in probe_options:
-            raise TypeError("ProbeCallback takes the model from the Trainer; pass run_path once")
-        self.run_path = run_path
-        self.every = every
-        self.probe_options = probe_options
-        self.probe: Probe | None = None
+        super().__init__(run_path, every, **probe_options)
         self._handles: list = []
         self._pre_clip: torch.Tensor | None = None  # [n_params] ‖grad‖² as backward left it
         self._params: list[torch.nn.Parameter] = []

@@ -26,23 +26,18 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback
 
-from attnres_probe.hooks.probe import Probe
+from attnres_probe.hooks.probe import CallbackSettings, Probe
 
 __all__ = ["ProbeCallback"]
 
 
-class ProbeCallback(Callback):
+class ProbeCallback(CallbackSettings, Callback):
     """Record the LightningModule a ``lightning.Trainer`` fits into the run at ``run_path``
     every ``every`` optimizer steps; ``probe_options`` go to
     :class:`attnres_probe.hooks.Probe` (``layers``, ``attrs``, ``strict``, ``flush_every``, ...)."""
 
     def __init__(self, run_path: str | os.PathLike, every: int = 1, **probe_options: Any):
-        if "model" in probe_options or "run_path" in probe_options:
-            raise TypeError("ProbeCallback takes the model from the Trainer; pass run_path once")
-        self.run_path = run_path
-        self.every = every
-        self.probe_options = probe_options
-        self.probe: Probe | None = None
+        super().__init__(run_path, every, **probe_options)
         self._loss: torch.Tensor | None = None
 
     def on_fit_start(self, trainer, pl_module) -> None:

@@ -437,6 +437,19 @@ class Probe:
 probe = Probe
 
 
+class CallbackSettings:
+    """What a training framework's probe callback is given: the run to record into, how often
+    (optimizer steps) and the :class:`Probe` options; the model comes from the trainer."""
+
+    def __init__(self, run_path: str | os.PathLike, every: int = 1, **probe_options: Any):
+        if "model" in probe_options or "run_path" in probe_options:
+            raise TypeError("ProbeCallback takes the model from the Trainer; pass run_path once")
+        self.run_path = run_path
+        self.every = every
+        self.probe_options = probe_options
+        self.probe: Probe | None = None
+
+
 def _model_hooks(p: Probe) -> tuple[Callable, Callable]:
     """The model's forward pre-hook (a forward ran) and post-hook, which eager PyTorch also calls
     when the forward raised (``always_call``; then the output is None): part of that forward's

@@ -432,14 +432,49 @@ def prune_run(
     batch_size = batch_size or int(train_cfg.get("batch_size", 16))
     seq_len = seq_len or int(train_cfg.get("seq_len", 64))
     model, corpus = load_for_evaluation(run_dir, batch_size, seq_len, device)
-    total = len(unit_rows) + 1
     with torch.no_grad():
         base = evaluate(model, corpus, batches, batch_size, seq_len, seed=seed)
-        if progress is not None:
-            progress(1, total, "intact model")
-        losses = []
-        for i, (name, start, stop) in enumerate(unit_rows):
-            skip = set(range(start, stop))
+    if progress is not None:
+        progress(1, len(unit_rows) + 1, "intact model")
+    removed = [(name, set(range(start, stop))) for name, start, stop in unit_rows]
+    losses = held_out_losses(
+        model, corpus, removed, removal, batches, batch_size, seq_len, seed, progress, done=1
+    )
+    attrs = {
+        "batches": batches,
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "seed": seed,
+        "corpus": str(train_cfg.get("data") or "default"),
+    }
+    results = results_dataset(unit_rows, granularity, losses, base, attrs, removal)
+    if save:
+        save_results(run_dir, results)
+    return results
+
+
+def held_out_losses(
+    model,
+    corpus,
+    removed: list[tuple[str, set[int]]],
+    removal: str,
+    batches: int,
+    batch_size: int,
+    seq_len: int,
+    seed: int,
+    progress: ProgressCallback | None = None,
+    done: int = 0,
+) -> list[float]:
+    """The held-out loss of ``model`` with each (name, sublayers) of ``removed`` taken out in
+    turn, on the same batches each time; ``progress(done + k, done + len(removed), name)``
+    after the k-th."""
+    import torch
+
+    from attnres_probe.train import evaluate
+
+    losses = []
+    with torch.no_grad():
+        for k, (name, skip) in enumerate(removed, start=1):
             losses.append(
                 evaluate(
                     model,
@@ -453,18 +488,8 @@ def prune_run(
                 )
             )
             if progress is not None:
-                progress(i + 2, total, name)
-    attrs = {
-        "batches": batches,
-        "batch_size": batch_size,
-        "seq_len": seq_len,
-        "seed": seed,
-        "corpus": str(train_cfg.get("data") or "default"),
-    }
-    results = results_dataset(unit_rows, granularity, losses, base, attrs, removal)
-    if save:
-        save_results(run_dir, results)
-    return results
+                progress(done + k, done + len(removed), name)
+    return losses
 
 
 def checkpoint_config(run: str | Path) -> dict:

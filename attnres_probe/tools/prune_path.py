@@ -24,7 +24,12 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from attnres_probe.analysis.pruning import default_removal, path, pruning_results
+from attnres_probe.analysis.pruning import (
+    default_removal,
+    held_out_losses,
+    path,
+    pruning_results,
+)
 from attnres_probe.store import open_run, write_static_variables
 
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, unit just added)
@@ -45,9 +50,7 @@ def prune_path(
     batches / seed default to those the single-layer results were measured with, so the path
     starts from the same intact loss. With ``save`` the path is written into the run store.
     """
-    import torch
-
-    from attnres_probe.train import evaluate, load_for_evaluation
+    from attnres_probe.train import load_for_evaluation
 
     run_dir = Path(run).parent if Path(run).suffix == ".zarr" else Path(run)
     ds = open_run(run_dir)
@@ -64,25 +67,13 @@ def prune_path(
 
     model, corpus = load_for_evaluation(run_dir, batch_size, seq_len, device)
 
-    losses = []
-    skip: set[int] = set()
-    with torch.no_grad():
-        for k, (name, start, stop) in enumerate(zip(names, starts, stops, strict=True)):
-            skip |= set(range(start, stop))
-            losses.append(
-                evaluate(
-                    model,
-                    corpus,
-                    batches,
-                    batch_size,
-                    seq_len,
-                    seed=seed,
-                    skip=set(skip),
-                    removal=removal,
-                )
-            )
-            if progress is not None:
-                progress(k + 1, len(names), name)
+    removed, skip = [], set()
+    for name, start, stop in zip(names, starts, stops, strict=True):
+        skip = skip | set(range(start, stop))  # the cheapest k layers together
+        removed.append((name, skip))
+    losses = held_out_losses(
+        model, corpus, removed, removal, batches, batch_size, seq_len, seed, progress
+    )
     arrays = {
         "prune_path_unit": (("n_removed",), np.asarray(names, dtype=object)),
         "prune_path_loss": (("n_removed",), np.asarray(losses, dtype=np.float32)),

@@ -71,6 +71,19 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` says."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def load_average() -> float:
     """Runnable processes over the last minute (0 where the system does not say)."""
     try:

@@ -41,6 +41,8 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+from attnres_probe.resources import cpu_name
+
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARD = REPO / "app" / "dashboard.py"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -194,12 +196,7 @@ def measure_apptest(root: Path, run: str | None, other: str | None) -> dict:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_name()
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{cpu}, {os.cpu_count()} CPUs, {total:.0f} GiB RAM, no GPU used (CPU only)"
 

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from attnres_probe.hooks.taps import native_recording
 from attnres_probe.models import ModelConfig, build_model
 from attnres_probe.models.config import RESIDUAL_KINDS
+from attnres_probe.resources import cpu_name
 
 MODES = ("eager", "compiled")
 # Targets: the step of each variant over the baseline's (× baseline), per device type.
@@ -252,13 +253,7 @@ def machine(device: torch.device) -> str:
             f"{props.name} (sm_{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB), "
             f"CUDA {torch.version.cuda}"
         )
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{cpu}, {os.cpu_count()} cores"
+    return f"{cpu_name()}, {os.cpu_count()} cores"
 
 
 def markdown(rows: list[dict], args, argv: list[str], elapsed: float) -> str:

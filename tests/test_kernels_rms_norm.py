@@ -189,3 +189,21 @@ def test_no_gradient_statistic_where_no_gradient_can_reach_the_stream():
     y, _ = reference.add_rms_norm(torch.randn(3, 8), torch.randn(3, 8), weight, 1e-6, stats)
     y.sum().backward()  # only the weight learns: x and update are frozen
     assert weight.grad is not None and stats.sink.grad is None
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_reference_norm_backward_is_autograd_of_its_formula_in_float64(shape):
+    x, weight = torch.randn(shape, dtype=torch.float64), torch.randn(shape[-1], dtype=torch.float64)
+    upstream = torch.randn(shape, dtype=torch.float64)
+    leaves = [t.clone().requires_grad_() for t in (x, weight)]
+    y = leaves[0] * torch.rsqrt(leaves[0].pow(2).mean(-1, keepdim=True) + 1e-6) * leaves[1]
+    y.backward(upstream)
+    want = [t.grad for t in leaves]
+    leaves = [t.clone().requires_grad_() for t in (x, weight)]
+    stats = NormStats(sq=torch.zeros(1, dtype=torch.float64))
+    y_ref = reference.rms_norm(*leaves, 1e-6, stats)
+    y_ref.backward(upstream)
+    torch.testing.assert_close(y_ref, y.detach(), rtol=1e-12, atol=1e-12)
+    for name, got, expected in zip(("dx", "dweight"), [t.grad for t in leaves], want, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12, msg=name)
+    torch.testing.assert_close(stats.sq, x.pow(2).sum().reshape(1), rtol=1e-12, atol=0)

@@ -58,35 +58,71 @@ def inv_rms(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return torch.rsqrt(_acc(x).pow(2).mean(-1) + eps)
 
 
+def _normalise(h: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(h / rms(h) in the accumulation precision, 1 / rms(h) [*, 1], Σh²): the forward both
+    norms share; Σh² is a by-product of the normalisation's own mean square."""
+    hf = _acc(h)
+    ms = hf.pow(2).mean(-1, keepdim=True)
+    inv = torch.rsqrt(ms + eps)
+    return hf * inv, inv, ms.sum() * h.shape[-1]
+
+
+def _normalise_grads(
+    grad_y: torch.Tensor, normed: torch.Tensor, inv: torch.Tensor, weight: torch.Tensor, need_w
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(∂L/∂h, ∂L/∂weight or None) of y = normed · weight from ∂L/∂y."""
+    gy = _acc(grad_y)
+    g = gy * _acc(weight)
+    grad = inv * (g - normed * (g * normed).mean(-1, keepdim=True))
+    grad_weight = (gy * normed).flatten(0, -2).sum(0).to(weight.dtype) if need_w else None
+    return grad, grad_weight
+
+
+class _RMSNorm(torch.autograd.Function):
+    """y = x / sqrt(mean(x²) + eps) · weight in float32, cast to x's dtype; returns (y, Σx²).
+    Written out rather than left to autograd: one node instead of six on the CPU."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        ctx.set_materialize_grads(False)
+        normed, inv, sq = _normalise(x, eps)
+        ctx.save_for_backward(normed, inv, weight)
+        ctx.dtype = x.dtype
+        ctx.mark_non_differentiable(sq)
+        return (normed * _acc(weight)).to(x.dtype), sq
+
+    @staticmethod
+    def backward(ctx, grad_y, _grad_sq):
+        if grad_y is None:
+            return None, None, None
+        normed, inv, weight = ctx.saved_tensors
+        grad, grad_weight = _normalise_grads(grad_y, normed, inv, weight, ctx.needs_input_grad[1])
+        return grad.to(ctx.dtype), grad_weight, None
+
+
 def rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, stats: NormStats | None = None
 ) -> torch.Tensor:
     """x [*, D], weight [D] -> x / sqrt(mean(x²) + eps) * weight, computed in float32."""
-    xf = _acc(x)
-    ms = xf.pow(2).mean(-1, keepdim=True)
+    y, sq = _RMSNorm.apply(x, weight, eps)
     if stats is not None and stats.sq is not None:
-        # Σx² is a by-product of the normalisation's own mean square: D · Σ_tokens mean(x²).
-        stats.sq.add_(ms.detach().sum(), alpha=x.shape[-1])
-    return (xf * torch.rsqrt(ms + eps) * _acc(weight)).to(x.dtype)
+        stats.sq.add_(sq)
+    return y
 
 
 class _AddRMSNorm(torch.autograd.Function):
     """h = x + update; y = h / sqrt(mean(h²) + eps) · weight in float32, cast to h's dtype.
-    Returns (y, h, D · Σ_tokens mean(h²)); the backward forms ∂L/∂h once, for x, update and
-    (given a ``sink``) its Σ(∂L/∂h)². Written out rather than left to autograd: one node
-    instead of eight, which is what keeps the gradient statistic nearly free on the CPU."""
+    Returns (y, h, Σh²); the backward forms ∂L/∂h once, for x, update and (given a ``sink``)
+    its Σ(∂L/∂h)². Written out rather than left to autograd: one node instead of eight, which
+    is what keeps the gradient statistic nearly free on the CPU."""
 
     @staticmethod
     def forward(ctx, x, update, weight, sink, eps):
         ctx.set_materialize_grads(False)
         h = x + update
-        hf = _acc(h)
-        ms = hf.pow(2).mean(-1, keepdim=True)
-        inv = torch.rsqrt(ms + eps)
-        normed = hf * inv
+        normed, inv, sq = _normalise(h, eps)
         ctx.save_for_backward(normed, inv, weight)
         ctx.dtypes = (x.dtype, update.dtype)
-        sq = ms.sum() * h.shape[-1]  # Σh², a by-product of the normalisation's mean square
         ctx.mark_non_differentiable(sq)
         return (normed * _acc(weight)).to(h.dtype), h, sq
 
@@ -95,11 +131,8 @@ class _AddRMSNorm(torch.autograd.Function):
         normed, inv, weight = ctx.saved_tensors
         grad, grad_weight, stat = None, None, None
         if grad_y is not None:
-            gy = _acc(grad_y)
-            g = gy * _acc(weight)
-            grad = inv * (g - normed * (g * normed).mean(-1, keepdim=True))
-            if ctx.needs_input_grad[2]:
-                grad_weight = (gy * normed).flatten(0, -2).sum(0).to(weight.dtype)
+            need_w = ctx.needs_input_grad[2]
+            grad, grad_weight = _normalise_grads(grad_y, normed, inv, weight, need_w)
         if grad_h is not None:
             grad = _acc(grad_h) if grad is None else grad + grad_h
         if grad is None:

@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from probe_checks import batch, read_run, tiny_model, train_steps
 
+from attnres_probe.footprint import torch_threads
 from attnres_probe.hooks import probe
 
 WORLD = 2
@@ -53,7 +54,9 @@ def test_two_ranks_record_what_one_process_records_on_the_global_batch(tmp_path)
     mp.spawn(_worker, args=(WORLD, str(tmp_path / "pg_init"), str(tmp_path)), nprocs=WORLD)
     for name, residual in RUNS.items():
         model = tiny_model(residual)
-        with probe(model, tmp_path / f"single-{name}", flush_every=2) as p:
+        # One thread, as each rank: the same reduction order in every op, so that what is left
+        # between the runs is the ranks' gradient sum against the global batch's.
+        with torch_threads(1), probe(model, tmp_path / f"single-{name}", flush_every=2) as p:
             train_steps(model, p, _batches(None))
         single = read_run(tmp_path / f"single-{name}")
         ranks = read_run(tmp_path / name)

@@ -11,6 +11,7 @@ and each later read checks its own file again.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -213,6 +214,17 @@ class Location:
         except OSError:
             return None
         return st.st_dev, st.st_ino
+
+    def check_writable(self) -> None:
+        """OSError (with its errno) when the local store cannot be written: a read-only file
+        system or no write permission. Checked before a change starts, so that none fails
+        midway (where zarr's parallel writes leave one error per file). fsspec: not checked."""
+        if self.fs is not None:
+            return
+        if os.statvfs(self.store).f_flag & os.ST_RDONLY:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), self.store)
+        if not os.access(self.store, os.W_OK):
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), self.store)
 
     def zarr_store(self, read_only: bool):
         """A zarr store object for the run's store."""

@@ -74,6 +74,7 @@ def _repair(loc: Location, force: bool) -> RepairReport:
     header = read_header(loc)
     if not force:
         refuse_live(loc, header, "repairing it")
+    loc.check_writable()
     group = open_group(loc, "r+")
     n = header["n_steps"]
     problems: list[str] = []

@@ -529,6 +529,7 @@ def write_static_variables(
             raise
         RunWriter(path, {}, storage_options=storage_options).close()
     header = read_header(loc)
+    loc.check_writable()  # before the first write: none fails midway
     group = open_group(loc, "r+")
     sizes, taken = {}, set()
     for name in loc.children():

@@ -81,3 +81,15 @@ def test_two_phase_block_op_equals_attnres_over_blocks_and_partial():
     ref_out, ref_w = attnres_float64(blocks, queries[0])
     assert _rel(out, ref_out) < 1e-5
     assert _rel(weights[:3], ref_w) < 1e-5 and (weights[3] == 0).all()
+
+
+def test_the_reference_op_over_a_list_of_sources_has_right_second_derivatives():
+    """Its backward is written out: differentiated again (create_graph=True) it must still give
+    the second derivatives of the formula, numerically checked in float64."""
+    from attnres_probe.kernels import reference
+
+    sources = [torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    query = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(
+        lambda q, *s: reference.attnres_over_sources(list(s), q)[0], (query, *sources)
+    )

@@ -207,3 +207,21 @@ def test_the_reference_norm_backward_is_autograd_of_its_formula_in_float64(shape
     for name, got, expected in zip(("dx", "dweight"), [t.grad for t in leaves], want, strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12, msg=name)
     torch.testing.assert_close(stats.sq, x.pow(2).sum().reshape(1), rtol=1e-12, atol=0)
+
+
+def test_the_reference_norms_have_right_second_derivatives():
+    """Gradient penalties and Hessian-vector products differentiate the backward itself: the
+    written-out backwards must then be differentiable too (numerically checked, float64)."""
+    x, update = torch.randn(3, 7, dtype=torch.float64), torch.randn(3, 7, dtype=torch.float64)
+    weight = torch.randn(7, dtype=torch.float64)
+    inputs = [t.clone().requires_grad_() for t in (x, update, weight)]
+    assert torch.autograd.gradgradcheck(lambda x, w: reference.rms_norm(x, w), inputs[::2])
+    assert torch.autograd.gradgradcheck(lambda x, u, w: reference.add_rms_norm(x, u, w), inputs)
+
+
+def test_a_kernel_refuses_a_second_derivative_instead_of_giving_a_wrong_one():
+    x, weight = torch.randn(4, 16, requires_grad=True), torch.randn(16)
+    y = dispatch_triton.rms_norm(x, weight)
+    (grad,) = torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        grad.sum().backward()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 from attnres_probe.kernels import launch
 from attnres_probe.kernels.launch import cast_to
@@ -276,6 +277,7 @@ class AttnResFunction(torch.autograd.Function):
         return out.view(*token_shape, d), weights.view(n, *token_shape)
 
     @staticmethod
+    @once_differentiable  # a kernel launch: a second derivative would be wrong, so none
     def backward(ctx, dout, dweights):
         src, query, weights = ctx.saved_tensors
         n, m, d = src.shape

@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 from attnres_probe.kernels import launch
 from attnres_probe.kernels.launch import cast_to
@@ -607,6 +608,7 @@ class BlockPhase1Function(torch.autograd.Function):
         )
 
     @staticmethod
+    @once_differentiable  # a kernel launch: a second derivative would be wrong, so none
     def backward(ctx, dout, dlse, dlogits):
         blk, q, logits, lse = ctx.saved_tensors
         nb, m, d = blk.shape
@@ -644,6 +646,7 @@ class BlockPhase2Function(torch.autograd.Function):
         return out.view(phase1_out.shape), weights.view(nb + 1, *token_shape)
 
     @staticmethod
+    @once_differentiable  # a kernel launch: a second derivative would be wrong, so none
     def backward(ctx, dout, dweights):
         o1, lse1, p, query, zb = ctx.saved_tensors
         out_shape, lse_shape, logits_shape = ctx.shapes
@@ -690,6 +693,7 @@ class BlockWeightsFunction(torch.autograd.Function):
         return weights.view(nb + 1, *token_shape)
 
     @staticmethod
+    @once_differentiable  # a kernel launch: a second derivative would be wrong, so none
     def backward(ctx, dweights):
         (weights,) = ctx.saved_tensors
         lse_shape, logits_shape = ctx.shapes

@@ -67,6 +67,16 @@ def _normalise(h: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor,
     return hf * inv, inv, ms.sum() * h.shape[-1]
 
 
+def _saved_norm(ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(normed, inv, weight) a norm's backward uses: as saved, or — when the backward itself
+    is differentiated (``create_graph=True``) — formed again from the saved stream with
+    differentiable ops, so that second derivatives are right, not those of constants."""
+    h, normed, inv, weight = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        normed, inv, _ = _normalise(h, ctx.eps)
+    return normed, inv, weight
+
+
 def _normalise_grads(
     grad_y: torch.Tensor, normed: torch.Tensor, inv: torch.Tensor, weight: torch.Tensor, need_w
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -86,8 +96,8 @@ class _RMSNorm(torch.autograd.Function):
     def forward(ctx, x, weight, eps):
         ctx.set_materialize_grads(False)
         normed, inv, sq = _normalise(x, eps)
-        ctx.save_for_backward(normed, inv, weight)
-        ctx.dtype = x.dtype
+        ctx.save_for_backward(x, normed, inv, weight)
+        ctx.dtype, ctx.eps = x.dtype, eps
         ctx.mark_non_differentiable(sq)
         return (normed * _acc(weight)).to(x.dtype), sq
 
@@ -95,7 +105,7 @@ class _RMSNorm(torch.autograd.Function):
     def backward(ctx, grad_y, _grad_sq):
         if grad_y is None:
             return None, None, None
-        normed, inv, weight = ctx.saved_tensors
+        normed, inv, weight = _saved_norm(ctx)
         grad, grad_weight = _normalise_grads(grad_y, normed, inv, weight, ctx.needs_input_grad[1])
         return grad.to(ctx.dtype), grad_weight, None
 
@@ -121,14 +131,14 @@ class _AddRMSNorm(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         h = x + update
         normed, inv, sq = _normalise(h, eps)
-        ctx.save_for_backward(normed, inv, weight)
-        ctx.dtypes = (x.dtype, update.dtype)
+        ctx.save_for_backward(h, normed, inv, weight)
+        ctx.dtypes, ctx.eps = (x.dtype, update.dtype), eps
         ctx.mark_non_differentiable(sq)
         return (normed * _acc(weight)).to(h.dtype), h, sq
 
     @staticmethod
     def backward(ctx, grad_y, grad_h, _grad_sq):
-        normed, inv, weight = ctx.saved_tensors
+        normed, inv, weight = _saved_norm(ctx)
         grad, grad_weight, stat = None, None, None
         if grad_y is not None:
             need_w = ctx.needs_input_grad[2]
@@ -223,6 +233,9 @@ class _AttnResOverSources(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, _grad_weights):
         query, source_inv_rms, weights, *sources = ctx.saved_tensors
+        if torch.is_grad_enabled():  # the backward is differentiated: weights from the inputs
+            logits = torch.stack([torch.mv(v, query) for v in sources]) * source_inv_rms
+            weights = torch.softmax(logits, dim=0)
         # dα_i = g·v_i; dz = α (dα − Σ α dα); z_i = (v_i·q) r_i with r_i = inv_rms(v_i).
         d_alpha = torch.stack([(v * grad_out).sum(-1) for v in sources])
         dz = weights * (d_alpha - (weights * d_alpha).sum(0, keepdim=True))

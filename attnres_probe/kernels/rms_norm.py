@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 from attnres_probe.kernels import launch
 from attnres_probe.kernels.launch import cast_to
@@ -308,6 +309,7 @@ class RMSNormFunction(torch.autograd.Function):
         return y.view(x.shape)
 
     @staticmethod
+    @once_differentiable  # a kernel launch: a second derivative would be wrong, so none
     def backward(ctx, dy):
         x2, rstd, weight = ctx.saved_tensors
         dx, dw = rms_norm_bwd(launch.rows(dy), None, x2, rstd, weight, ctx.x_dtype, None)
@@ -345,6 +347,7 @@ class AddRMSNormFunction(torch.autograd.Function):
         return y.view(shape), h.view(shape)
 
     @staticmethod
+    @once_differentiable  # a kernel launch: a second derivative would be wrong, so none
     def backward(ctx, dy, dh):
         h, rstd, weight = ctx.saved_tensors  # h [M, D]
         dy = torch.zeros_like(h) if dy is None else launch.rows(dy)
